@@ -1,0 +1,307 @@
+"""Typed configuration of the unified JanusFlow model.
+
+Every size a module needs comes from here; modules contain no size literals. The preset
+``"janusflow-1.3b"`` reproduces the released checkpoint (``shared/reference``); the small presets
+exist for tests and for the embedded shapes-world model.
+
+Derived sizes are properties (``num_image_tokens``, ``latent_grid``), never stored twice.
+Conversion to and from the official nested ``config.json`` lives in :mod:`janusflow.convert`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+MODEL_TYPE = "janusflow"
+
+
+def _from_dict(cls, data: dict[str, Any], where: str):
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types by name."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected an object, got {type(data).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}")
+    kwargs = {}
+    for name, value in data.items():
+        expected = known[name].type
+        if expected in ("int", int) and (not isinstance(value, int) or isinstance(value, bool)):
+            raise ConfigError(f"{where}.{name}: expected an integer, got {value!r}")
+        if expected in ("float", float) and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            raise ConfigError(f"{where}.{name}: expected a number, got {value!r}")
+        if expected in ("bool", bool) and not isinstance(value, bool):
+            raise ConfigError(f"{where}.{name}: expected true or false, got {value!r}")
+        kwargs[name] = float(value) if expected in ("float", float) else value
+    obj = cls(**kwargs)
+    obj.validate(where)
+    return obj
+
+
+def _positive(where: str, **values: int | float) -> None:
+    for name, value in values.items():
+        if value <= 0:
+            raise ConfigError(f"{where}.{name} must be positive, got {value}")
+
+
+@dataclass
+class LanguageConfig:
+    """The Llama-type LLM (built with ``transformers.LlamaForCausalLM``)."""
+
+    vocab_size: int = 102400
+    hidden_size: int = 2048
+    intermediate_size: int = 5632
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    num_key_value_heads: int = 16
+    max_position_embeddings: int = 16384
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    tie_word_embeddings: bool = False
+    initializer_range: float = 0.02
+
+    def validate(self, where: str = "language") -> None:
+        _positive(where, vocab_size=self.vocab_size, hidden_size=self.hidden_size,
+                  intermediate_size=self.intermediate_size, num_hidden_layers=self.num_hidden_layers,
+                  num_attention_heads=self.num_attention_heads, num_key_value_heads=self.num_key_value_heads,
+                  max_position_embeddings=self.max_position_embeddings, rms_norm_eps=self.rms_norm_eps)
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(f"{where}: hidden_size {self.hidden_size} is not divisible by "
+                              f"num_attention_heads {self.num_attention_heads}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(f"{where}: num_attention_heads must be a multiple of num_key_value_heads")
+
+    def to_llama(self):
+        from transformers import LlamaConfig
+
+        return LlamaConfig(
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            num_key_value_heads=self.num_key_value_heads,
+            max_position_embeddings=self.max_position_embeddings,
+            rms_norm_eps=self.rms_norm_eps,
+            rope_theta=self.rope_theta,
+            tie_word_embeddings=self.tie_word_embeddings,
+            initializer_range=self.initializer_range,
+            attention_bias=False,
+            mlp_bias=False,
+            hidden_act="silu",
+        )
+
+
+@dataclass
+class UnderstandingVisionConfig:
+    """SigLIP ViT reading images for understanding (transformers ``SiglipVisionModel``).
+
+    ``num_layers`` is the depth actually built (the official ``select_layer`` already applied).
+    The output is the last block's tokens after the final LayerNorm, in row-major patch order.
+    """
+
+    image_size: int = 384
+    patch_size: int = 16
+    width: int = 1024
+    num_layers: int = 24
+    num_heads: int = 16
+    mlp_dim: int = 4096
+    layer_norm_eps: float = 1e-6
+    use_attention_pool: bool = True  # present in the release's weights, unused by JanusFlow
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid**2
+
+    def validate(self, where: str = "und_vision") -> None:
+        _positive(where, image_size=self.image_size, patch_size=self.patch_size, width=self.width,
+                  num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim)
+        if self.image_size % self.patch_size:
+            raise ConfigError(f"{where}: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.width % self.num_heads:
+            raise ConfigError(f"{where}: width {self.width} is not divisible by num_heads {self.num_heads}")
+
+    def to_siglip(self):
+        from transformers import SiglipVisionConfig
+
+        return SiglipVisionConfig(
+            hidden_size=self.width,
+            intermediate_size=self.mlp_dim,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            num_channels=3,
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            hidden_act="gelu",  # exact erf GELU, as the official timm tower
+            layer_norm_eps=self.layer_norm_eps,
+            vision_use_head=self.use_attention_pool,
+        )
+
+
+@dataclass
+class GenerationVisionConfig:
+    """Generation encoder/decoder (ConvNeXt shallow U-ViT) around the LLM, in VAE latent space.
+
+    Encoder: ``Conv2d(latent_channels -> channels, kernel, stride, padding)`` patchifies the latent
+    (2x2 in the release: 4x48x48 -> 768x24x24 -> 576 tokens), then ``encoder_layers`` ConvNeXt
+    blocks. Time: sinusoidal features of width ``channels`` -> MLP -> LLM width.
+    Decoder: RMSNorm of the aligned LLM output (``decoder_in_channels``), concatenated with the
+    encoder's feature map (long skip), ``decoder_layers`` ConvNeXt blocks on the sum of both widths,
+    then ``upsamples`` unpatchify stages (RMSNorm, 1x1 conv, PixelShuffle(2)).
+    """
+
+    latent_channels: int = 4
+    latent_size: int = 48
+    kernel_size: int = 2
+    stride: int = 2
+    padding: int = 0
+    channels: int = 768
+    encoder_layers: int = 2
+    decoder_in_channels: int = 768
+    decoder_layers: int = 2
+    upsamples: int = 1
+    norm_eps: float = 1e-6
+    use_bias: bool = True
+    encoder_mid_block: bool = True
+    decoder_mid_block: bool = True
+
+    @property
+    def latent_grid(self) -> int:
+        """Side of the token grid the encoder makes from a ``latent_size`` latent."""
+        return (self.latent_size + 2 * self.padding - self.kernel_size) // self.stride + 1
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.latent_grid**2
+
+    @property
+    def decoder_channels(self) -> int:
+        return self.decoder_in_channels + self.channels
+
+    def validate(self, where: str = "gen_vision") -> None:
+        _positive(where, latent_channels=self.latent_channels, latent_size=self.latent_size,
+                  kernel_size=self.kernel_size, stride=self.stride, channels=self.channels,
+                  decoder_in_channels=self.decoder_in_channels, upsamples=self.upsamples,
+                  norm_eps=self.norm_eps)
+        if self.padding < 0 or self.encoder_layers < 0 or self.decoder_layers < 0:
+            raise ConfigError(f"{where}: padding and layer counts must be >= 0")
+        if self.latent_grid * 2**self.upsamples != self.latent_size:
+            raise ConfigError(
+                f"{where}: the decoder must return the latent size: a {self.latent_size} latent gives a "
+                f"{self.latent_grid} token grid and {self.upsamples} PixelShuffle(2) stage(s) give "
+                f"{self.latent_grid * 2 ** self.upsamples}")
+
+
+@dataclass
+class JanusFlowConfig:
+    """The unified model: LLM + understanding path + generation path + aligners."""
+
+    language: LanguageConfig = field(default_factory=LanguageConfig)
+    und_vision: UnderstandingVisionConfig = field(default_factory=UnderstandingVisionConfig)
+    gen_vision: GenerationVisionConfig = field(default_factory=GenerationVisionConfig)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.language.hidden_size
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Tokens one generated image occupies in the LLM sequence."""
+        return self.gen_vision.num_image_tokens
+
+    @property
+    def num_und_image_tokens(self) -> int:
+        """Tokens one understood image occupies (SigLIP patches; the boi slot comes on top)."""
+        return self.und_vision.num_tokens
+
+    def validate(self, where: str = "config") -> None:
+        self.language.validate(f"{where}.language")
+        self.und_vision.validate(f"{where}.und_vision")
+        self.gen_vision.validate(f"{where}.gen_vision")
+
+    # -- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_type": MODEL_TYPE, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "JanusFlowConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"config: expected a JSON object, got {type(data).__name__}")
+        data = dict(data)
+        model_type = data.pop("model_type", MODEL_TYPE)
+        if model_type != MODEL_TYPE:
+            raise ConfigError(f"config: model_type is {model_type!r}, expected {MODEL_TYPE!r} "
+                              "(official checkpoints are read by janusflow.convert)")
+        sections = {"language": LanguageConfig, "und_vision": UnderstandingVisionConfig,
+                    "gen_vision": GenerationVisionConfig}
+        unknown = sorted(set(data) - set(sections))
+        if unknown:
+            raise ConfigError(f"config: unknown key(s) {unknown}; known sections are {sorted(sections)}")
+        parts = {name: _from_dict(kind, data.get(name, {}), f"config.{name}") for name, kind in sections.items()}
+        return cls(**parts)
+
+    def save(self, path: str | os.PathLike) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2)
+            f.write("\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "JanusFlowConfig":
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_dict(data)
+
+    # -- presets -------------------------------------------------------------------------------
+    @classmethod
+    def from_name(cls, name: str) -> "JanusFlowConfig":
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; presets are {sorted(PRESETS)}")
+        return PRESETS[name]()
+
+
+def _release() -> JanusFlowConfig:
+    return JanusFlowConfig()
+
+
+def _tiny() -> JanusFlowConfig:
+    """Hidden 32, 2 layers, 32 px understanding images, 8x8 latents: for unit tests."""
+    return JanusFlowConfig(
+        language=LanguageConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512),
+        und_vision=UnderstandingVisionConfig(image_size=32, patch_size=8, width=16, num_layers=2, num_heads=2,
+                                             mlp_dim=32),
+        gen_vision=GenerationVisionConfig(latent_channels=4, latent_size=8, channels=16, decoder_in_channels=16,
+                                          encoder_layers=1, decoder_layers=1),
+    )
+
+
+def _small() -> JanusFlowConfig:
+    """A mid-size model (hidden 256, 4 layers) for benchmarks and quick experiments."""
+    return JanusFlowConfig(
+        language=LanguageConfig(vocab_size=1024, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                                num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024),
+        und_vision=UnderstandingVisionConfig(image_size=64, patch_size=8, width=128, num_layers=3, num_heads=4,
+                                             mlp_dim=512),
+        gen_vision=GenerationVisionConfig(latent_channels=4, latent_size=16, channels=128, decoder_in_channels=128,
+                                          encoder_layers=1, decoder_layers=1),
+    )
+
+
+PRESETS = {
+    "janusflow-1.3b": _release,
+    "tiny": _tiny,
+    "small": _small,
+}
