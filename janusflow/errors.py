@@ -1,9 +1,20 @@
-"""Exceptions raised for bad user input (images, prompts, conversations)."""
+"""Errors the package raises for bad input; each message names what was wrong and where.
+
+The command line turns these into one-line messages and a non-zero exit, never a traceback.
+"""
 
 
-class InputError(ValueError):
-    """The caller passed input that cannot be processed: an unreadable or corrupt image, a prompt that is
-    empty or too long, a conversation whose image placeholders do not match its images, and the like.
+class JanusFlowError(Exception):
+    """Base class of every error caused by the user's input, files or settings."""
 
-    A subclass of ValueError, so `except ValueError` still catches it; the message names the offending
-    input and says what was expected."""
+
+class InputError(JanusFlowError, ValueError):
+    """A bad image, prompt, question or argument."""
+
+
+class ConfigError(JanusFlowError, ValueError):
+    """A configuration that is malformed or inconsistent."""
+
+
+class CheckpointError(JanusFlowError, ValueError):
+    """A checkpoint folder with missing, unexpected, mis-shaped or unreadable weights."""
