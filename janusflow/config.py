@@ -175,10 +175,13 @@ class GenerationVisionConfig:
     encoder_mid_block: bool = True
     decoder_mid_block: bool = True
 
+    def grid_for(self, latent_side: int) -> int:
+        """Side of the token grid the encoder makes from a latent of side ``latent_side``."""
+        return (latent_side + 2 * self.padding - self.kernel_size) // self.stride + 1
+
     @property
     def latent_grid(self) -> int:
-        """Side of the token grid the encoder makes from a ``latent_size`` latent."""
-        return (self.latent_size + 2 * self.padding - self.kernel_size) // self.stride + 1
+        return self.grid_for(self.latent_size)
 
     @property
     def num_image_tokens(self) -> int:
