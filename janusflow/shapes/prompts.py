@@ -1,0 +1,155 @@
+"""Generation prompts of the shapes world: the six GenEval-like categories.
+
+    tag            template                                        constraint
+    single_object  a {shape}
+    two_object     a {shape} and a {shape2}                        shape != shape2
+    counting       {number} {shape}s                               number in two..four
+    colors         a {color} {shape}
+    position       a {shape} {relation} a {shape2}                 shape != shape2
+    color_attr     a {color} {shape} and a {color2} {shape2}       color != color2, shape != shape2
+
+Prompts are lower case with no final full stop, and follow the templates word for word (so
+"a orange circle", not "an orange circle"). There are 3 + 6 + 9 + 18 + 24 + 180 = 240 prompts.
+`rng` arguments are `numpy.random.Generator`s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from .scorer import passes
+from .world import CATEGORIES, COLORS, NUMBER_WORDS, RELATIONS, SHAPES, Scene
+
+TEMPLATES: dict[str, str] = {
+    "single_object": "a {shape}",
+    "two_object": "a {shape} and a {shape2}",
+    "counting": "{number} {shape}s",
+    "colors": "a {color} {shape}",
+    "position": "a {shape} {relation} a {shape2}",
+    "color_attr": "a {color} {shape} and a {color2} {shape2}",
+}
+# The fields each category fills; every other field of a PromptSpec stays None.
+CATEGORY_FIELDS: dict[str, tuple[str, ...]] = {
+    "single_object": ("shape",),
+    "two_object": ("shape", "shape2"),
+    "counting": ("shape", "number"),
+    "colors": ("shape", "color"),
+    "position": ("shape", "relation", "shape2"),
+    "color_attr": ("shape", "color", "shape2", "color2"),
+}
+COUNTING_NUMBERS = (2, 3, 4)
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """One generation prompt: its category `tag` and the fields its template fills."""
+
+    tag: str
+    shape: str
+    shape2: str | None = None
+    color: str | None = None
+    color2: str | None = None
+    number: int | None = None
+    relation: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.tag not in CATEGORIES:
+            raise ValueError(f"unknown generation category {self.tag!r}; expected one of {CATEGORIES}")
+        wanted = set(CATEGORY_FIELDS[self.tag])
+        for name, value in self.fields_all().items():
+            if (value is None) == (name in wanted):
+                state = "needs" if name in wanted else "takes no"
+                raise ValueError(f"a {self.tag} prompt {state} field {name!r}")
+        for name, vocab in (("shape", SHAPES), ("shape2", SHAPES), ("color", COLORS),
+                            ("color2", COLORS), ("relation", RELATIONS), ("number", COUNTING_NUMBERS)):
+            value = getattr(self, name)
+            if value is not None and value not in vocab:
+                raise ValueError(f"{name}={value!r} is not one of {vocab}")
+        if self.shape2 is not None and self.shape2 == self.shape:
+            raise ValueError(f"a {self.tag} prompt needs two different shapes, got {self.shape!r} twice")
+        if self.color2 is not None and self.color2 == self.color:
+            raise ValueError(f"a {self.tag} prompt needs two different colours, got {self.color!r} twice")
+
+    def fields_all(self) -> dict[str, str | int | None]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "tag"}
+
+    @property
+    def fields(self) -> dict[str, str | int]:
+        """The filled fields, e.g. {"shape": "circle", "color": "red"}."""
+        return {name: value for name, value in self.fields_all().items() if value is not None}
+
+    @property
+    def text(self) -> str:
+        words = dict(self.fields)
+        if self.number is not None:
+            words["number"] = NUMBER_WORDS[self.number]
+        return TEMPLATES[self.tag].format(**words)
+
+
+def _check_tag(tag: str) -> None:
+    if tag not in CATEGORIES:
+        raise ValueError(f"unknown generation category {tag!r}; expected one of {CATEGORIES}")
+
+
+@lru_cache(maxsize=None)
+def all_prompts(tag: str) -> tuple[PromptSpec, ...]:
+    """Every prompt of category `tag`, in a fixed order."""
+    _check_tag(tag)
+    pairs = [(a, b) for a, b in itertools.product(SHAPES, SHAPES) if a != b]
+    if tag == "single_object":
+        return tuple(PromptSpec(tag, shape) for shape in SHAPES)
+    if tag == "two_object":
+        return tuple(PromptSpec(tag, a, shape2=b) for a, b in pairs)
+    if tag == "counting":
+        return tuple(PromptSpec(tag, s, number=n) for n in COUNTING_NUMBERS for s in SHAPES)
+    if tag == "colors":
+        return tuple(PromptSpec(tag, s, color=c) for c in COLORS for s in SHAPES)
+    if tag == "position":
+        return tuple(PromptSpec(tag, a, shape2=b, relation=r) for a, b in pairs for r in RELATIONS)
+    return tuple(  # color_attr
+        PromptSpec(tag, a, shape2=b, color=c, color2=c2)
+        for a, b in pairs for c in COLORS for c2 in COLORS if c != c2
+    )
+
+
+@lru_cache(maxsize=1)
+def _prompts_by_text() -> dict[str, PromptSpec]:
+    return {p.text: p for tag in CATEGORIES for p in all_prompts(tag)}
+
+
+def parse_prompt(text: str) -> PromptSpec:
+    """The PromptSpec whose `.text` is exactly `text`; ValueError for anything else."""
+    spec = _prompts_by_text().get(text)
+    if spec is None:
+        raise ValueError(
+            f"not a shapes-world prompt: {text!r}. Prompts are lower case, without a full stop, "
+            "and follow one of the templates: " + ", ".join(repr(t) for t in TEMPLATES.values())
+        )
+    return spec
+
+
+def _pick(rng: np.random.Generator, items):
+    return items[int(rng.integers(len(items)))]
+
+
+def sample_prompt(rng: np.random.Generator, tag: str) -> PromptSpec:
+    """A uniformly random prompt of category `tag`."""
+    return _pick(rng, all_prompts(tag))
+
+
+def true_prompts(scene: Scene, tag: str) -> list[PromptSpec]:
+    """Every prompt of category `tag` that `scene` passes (relations by the >= 8 px rule)."""
+    return [p for p in all_prompts(tag) if passes(p, scene.objects)]
+
+
+def caption_for_scene(rng: np.random.Generator, scene: Scene) -> tuple[str, str]:
+    """(tag, text): a true prompt for `scene`, of a category drawn uniformly among those with
+    at least one true prompt, then a prompt drawn uniformly within it."""
+    options = {tag: true_prompts(scene, tag) for tag in CATEGORIES}
+    tag = _pick(rng, [tag for tag in CATEGORIES if options[tag]])
+    return tag, _pick(rng, options[tag]).text
