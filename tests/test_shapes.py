@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from janusflow.shapes import (
-    CATEGORIES, COLORS, FORMS, PALETTE, SHAPES, Obj, PromptSpec, Scene, all_prompts, boxes_apart,
+    CATEGORIES, FORMS, PALETTE, SHAPES, Obj, PromptSpec, Scene, all_prompts, boxes_apart,
     caption_for_scene, connected_components, describe, detect_objects, parse_prompt, passes,
     questions_for_scene, relation_holds, render, render_array, sample_prompt, sample_question,
     sample_scene, scene_for_prompt, score_answer, score_generation, score_image,
