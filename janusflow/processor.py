@@ -316,6 +316,15 @@ class GenerationBatch:
         return self
 
 
+def _image_list(images: Any, where: str) -> list[ImageInput]:
+    if images is None:
+        return []
+    if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike, Image.Image)) or \
+            not isinstance(images, Sequence):
+        raise InputError(f"{where} must be a list of images, got {type(images).__name__}")
+    return list(images)
+
+
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token id lists -> (ids, mask), both (B, max length) int64, padding on the left."""
     width = max(len(row) for row in rows)
@@ -377,6 +386,8 @@ class JanusFlowProcessor:
         self.system_prompt = system_prompt
         self.sft_format = sft_format
         self.min_size = min_size
+        if max_length is not None and (not isinstance(max_length, int) or max_length <= 0):
+            raise ValueError(f"max_length must be a positive integer or None, got {max_length!r}")
         self.max_length = max_length
 
         if tokenizer.bos_token is None:
@@ -508,10 +519,12 @@ class JanusFlowProcessor:
         number must equal the number of `<image_placeholder>` in the text.
         """
         sft_format = self.apply_sft_template(conversation)
-        in_messages = [image for message in conversation for image in message.get("images", None) or []]
+        in_messages = []
+        for i, message in enumerate(conversation):
+            in_messages.extend(_image_list(message.get("images"), f"message {i} 'images'"))
         if images is not None and in_messages:
             raise InputError("images were given both as an argument and inside the messages; use one")
-        image_list = list(images) if images is not None else in_messages
+        image_list = _image_list(images, "images") if images is not None else in_messages
 
         ids = self.encode_text(sft_format)
         num_placeholders = ids.count(self.image_id)
@@ -602,7 +615,8 @@ class JanusFlowProcessor:
             raise InputError("prompts must be a list of strings; wrap a single prompt in a list")
         if not prompts:
             raise InputError("no prompts given")
-        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+        if not isinstance(num_images_per_prompt, int) or isinstance(num_images_per_prompt, bool) \
+                or num_images_per_prompt < 1:
             raise InputError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}")
         texts = [self.generation_prompt_text(p) for p in prompts for _ in range(num_images_per_prompt)]
         rows = [self.encode_generation_prompt(p) for p in prompts for _ in range(num_images_per_prompt)]

@@ -426,6 +426,10 @@ def test_bad_conversations(processor):
         processor.apply_sft_template([{"role": "Assistant", "content": "hi"}])
     with pytest.raises(InputError, match="empty"):
         processor.apply_sft_template([{"role": "User", "content": " "}, {"role": "Assistant", "content": ""}])
+    single_path = [{"role": "User", "content": f"{IMAGE} what?", "images": "photo.png"},
+                   {"role": "Assistant", "content": ""}]
+    with pytest.raises(InputError, match="must be a list of images"):
+        processor.encode_conversation(single_path)
     with pytest.raises(InputError, match="wrap a single conversation"):
         processor.build_understanding_batch(no_placeholder)
     corrupt = [{"role": "User", "content": f"{IMAGE} what?", "images": [b"junk"]},
