@@ -240,15 +240,15 @@ def test_make_uncond_rejects_right_padding():
 
 
 def _reference_dir() -> Path | None:
-    root = Path(__file__).resolve().parents[1]
-    for candidate in (root / "shared", root.parent / "shared"):
-        path = candidate / "reference" / "parity-small" / "cases.safetensors"
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "fixtures", here.parent / "shared" / "reference", here.parents[1] / "shared" / "reference"):
+        path = candidate / "parity-small" / "cases.safetensors"
         if path.is_file():
             return path
     return None
 
 
-@pytest.mark.skipif(_reference_dir() is None, reason="shared/reference/parity-small not present")
+@pytest.mark.skipif(_reference_dir() is None, reason="parity-small fixture not present")
 def test_make_uncond_matches_official_readme_rows():
     from safetensors.torch import load_file
 
