@@ -1,0 +1,47 @@
+"""The shapes evaluation layouts: a perfect generator/answerer scores 1, a wrong one does not."""
+
+import numpy as np
+from PIL import Image
+
+from janusflow.shapes import CATEGORIES, parse_prompt, render, scene_for_prompt
+from janusflow.shapes.evaluate import (
+    geneval_metadata, llava_questions, read_jsonl, score_geneval_folder, score_llava_answers, write_jsonl,
+)
+
+
+def _write_geneval(folder, lines, make_image):
+    for i, line in enumerate(lines):
+        sub = folder / f"{i:05d}"
+        write_jsonl(sub / "metadata.jsonl", [line])
+        (sub / "samples").mkdir()
+        for k in range(2):
+            make_image(line, k).save(sub / "samples" / f"{k:04d}.png")
+
+
+def test_geneval_metadata_covers_every_category():
+    lines = geneval_metadata(prompts_per_category=7, seed=3)
+    assert [line["tag"] for line in lines] == [t for t in CATEGORIES for _ in range(7)]
+    assert all(parse_prompt(line["prompt"]).tag == line["tag"] for line in lines)
+    assert len({line["prompt"] for line in lines if line["tag"] == "single_object"}) == 3  # all of them, cycled
+    assert geneval_metadata(7, seed=3) == lines
+
+
+def test_geneval_scoring_of_perfect_and_blank_generators(tmp_path):
+    lines = geneval_metadata(prompts_per_category=4, seed=0)
+    rng = np.random.default_rng(0)
+    _write_geneval(tmp_path / "good", lines, lambda line, k: render(scene_for_prompt(rng, parse_prompt(line["prompt"]))))
+    scores = score_geneval_folder(tmp_path / "good")
+    assert scores["overall"] == 1.0 and scores["n_images"] == 48
+    _write_geneval(tmp_path / "blank", lines, lambda line, k: Image.new("RGB", (64, 64), "white"))
+    assert score_geneval_folder(tmp_path / "blank")["overall"] == 0.0
+
+
+def test_llava_scoring(tmp_path):
+    questions, key = llava_questions(60, seed=1, image_dir=tmp_path / "images")
+    assert len(questions) == 60 and (tmp_path / "images" / questions[0]["image"]).is_file()
+    write_jsonl(tmp_path / "q.jsonl", questions)
+    assert read_jsonl(tmp_path / "q.jsonl") == questions
+    perfect = [{"question_id": q["question_id"], "text": key[q["question_id"]]["answer"]} for q in questions]
+    assert score_llava_answers(perfect, key)["overall"] == 1.0
+    wrong = [{"question_id": q["question_id"], "text": "purple"} for q in questions]
+    assert score_llava_answers(wrong, key)["overall"] < 0.5
