@@ -1,29 +1,48 @@
 """The ODE sampler: solvers, time schedule, classifier-free guidance and the prompt KV cache.
 
-The model is a velocity function (``JanusFlowModel.forward_generation``); this module owns the
-loop. Rows: conditional rows first, then (when guidance is on) the matching unconditional rows
-built by :func:`janusflow.processor.make_uncond`; both halves see the same latent.
+Convention (:mod:`janusflow.flow`): ``t = 0`` is noise, ``t = 1`` is data; the sampler integrates
+
+    dz/dt = v(z, t),    z(0) = z0 ~ N(0, I),    from t = 0 to t = 1,
+
+with the guided velocity ``v = w * v_cond - (w - 1) * v_uncond`` (w = 1: v_cond alone, and the
+unconditional rows are never run). The model's time input is ``t * 1000``.
+
+Solvers on the grid ``t_0 = 0 < t_1 < ... < t_n = 1`` with ``h = t_{k+1} - t_k``:
+    euler     z += h * v(z, t_k)                                   (as released; 1 evaluation)
+    heun      z += h/2 * (v(z, t_k) + v(z + h v(z, t_k), t_{k+1}))  (trapezoid; 2 evaluations)
+    midpoint  z += h * v(z + h/2 v(z, t_k), t_k + h/2)              (2 evaluations)
+Euler evaluates t_k = k/n, never t = 1; the two second-order solvers are exact when v is linear
+in t (and independent of z), where Euler is not.
+
+Schedules: "uniform" t_k = k/n (as released); "shifted" maps sigma = 1 - t through
+``sigma' = s*sigma / (1 + (s - 1)*sigma)`` (SD3's shift), which for s > 1 puts more, smaller
+steps near the noise end.
+
+Rows: conditional rows first, then (when guided) the matching unconditional rows built by
+:func:`janusflow.processor.make_uncond`; both halves see the same latent.
 
 Prompt cache: the prompt prefix (its first L-1 embeddings) never attends to later positions, so
 its keys and values are computed once per call and reused at every step; a step feeds only
-``[t_emb, N latent tokens]`` at positions L-1 .. L+N-2. The full-recompute path (the released
-behaviour, every step runs the whole sequence) is kept as the reference; tests check both agree.
+``[t_emb, N latent tokens]`` at positions L-1 .. L+N-1. The full-recompute path (the released
+behaviour: every step runs the whole sequence) is kept as the reference; tests check they agree.
 
-Position ids are ``0 .. S-1`` counted from each row's first real token (its BOS): a row of a
-left-padded batch gets the same positions as when alone. The zeros the unconditional mask puts
-inside the prompt do not shift positions (as in the release).
+Position ids count from each row's first real token (its BOS), so a row of a left-padded batch
+gets the positions it has alone; the zeros of an unconditional mask do not shift positions.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from .errors import InputError
 from .flow import TIME_SCALE, guided_velocity
+from .processor import position_ids_from_left_padding
 
-SOLVERS = ("euler", "heun", "midpoint")
+SOLVERS = {"euler": 1, "heun": 2, "midpoint": 2}  # solver -> model evaluations per step
 SCHEDULES = ("uniform", "shifted")
 
 
@@ -31,94 +50,98 @@ SCHEDULES = ("uniform", "shifted")
 class SamplerConfig:
     num_steps: int = 30
     guidance_scale: float = 2.0
-    solver: str = "euler"  # "euler" (as released), "heun" or "midpoint" (2 evaluations a step)
-    schedule: str = "uniform"  # "uniform" (as released) or "shifted" (more steps near the noise end)
+    solver: str = "euler"  # "euler" (as released), "heun" or "midpoint"
+    schedule: str = "uniform"  # "uniform" (as released) or "shifted"
     shift: float = 3.0  # for "shifted": sigma' = s*sigma / (1 + (s-1)*sigma), sigma = 1 - t
-    use_prompt_cache: bool = True
+    use_prompt_cache: bool = True  # False: the full-recompute reference path
 
     def validate(self) -> None:
-        from .errors import InputError
-
-        if not isinstance(self.num_steps, int) or self.num_steps <= 0:
-            raise InputError(f"num_steps must be a positive integer, got {self.num_steps!r}")
-        if not (self.guidance_scale >= 0) or self.guidance_scale != self.guidance_scale:
-            raise InputError(f"guidance_scale must be >= 0, got {self.guidance_scale!r}")
+        if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps <= 0:
+            raise InputError(f"the number of steps must be a positive integer, got {self.num_steps!r}")
+        w = self.guidance_scale
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise InputError(f"the guidance scale must be a finite number >= 0, got {w!r}")
         if self.solver not in SOLVERS:
-            raise InputError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
+            raise InputError(f"solver must be one of {sorted(SOLVERS)}, got {self.solver!r}")
         if self.schedule not in SCHEDULES:
-            raise InputError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if not self.shift > 0:
-            raise InputError(f"shift must be positive, got {self.shift!r}")
+            raise InputError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+        if not (isinstance(self.shift, (int, float)) and math.isfinite(self.shift) and self.shift > 0):
+            raise InputError(f"shift must be a positive number, got {self.shift!r}")
 
     @property
     def guided(self) -> bool:
         return self.guidance_scale != 1.0
 
+    @property
+    def evaluations(self) -> int:
+        """Velocity evaluations (model calls) of one sampling run."""
+        return self.num_steps * SOLVERS[self.solver]
+
 
 def time_grid(cfg: SamplerConfig) -> list[float]:
-    """t_0 = 0 (noise) < t_1 < ... < t_n = 1 (data), as python floats (the release: k / n)."""
+    """t_0 = 0 (noise) < t_1 < ... < t_n = 1 (data), as python floats (uniform: k / n, as released)."""
     n = cfg.num_steps
     ts = [k / n for k in range(n + 1)]
     if cfg.schedule == "shifted":
         s = cfg.shift
-        ts = [1 - (s * (1 - t)) / (1 + (s - 1) * (1 - t)) for t in ts]
+        ts = [1 - s * (1 - t) / (1 + (s - 1) * (1 - t)) for t in ts]
+        ts[0], ts[-1] = 0.0, 1.0
     return ts
 
 
 @dataclass
 class SampleResult:
-    latents: torch.Tensor  # (B, C, H, W), t = 1
+    latents: torch.Tensor  # (B, C, H, W) at t = 1
     attention_mask: torch.Tensor  # (R, L-1+1+N) the full-sequence key mask used
-    t_steps: torch.Tensor | None = None  # (n_evals,) on the 0..1000 scale, when recorded
-    trajectory: torch.Tensor | None = None  # (n+1, B, C, H, W)
-    velocities: torch.Tensor | None = None  # (n, B, C, H, W) guided velocity used at each step
-
-
-def _positions(mask: torch.Tensor) -> torch.Tensor:
-    """0-based positions from each row's first attended token (left padding skipped)."""
-    lead = (mask.cumsum(dim=1) == 0).sum(dim=1, keepdim=True)  # (R, 1) number of leading pads
-    return (torch.arange(mask.shape[1], device=mask.device)[None] - lead).clamp(min=0)
+    t_steps: torch.Tensor | None = None  # (n,) t_k on the 0..1000 scale, when recorded
+    trajectory: torch.Tensor | None = None  # (n+1, B, C, H, W), z_0 .. z_n
+    velocities: torch.Tensor | None = None  # (n, B, C, H, W) the guided velocity of each step's update
 
 
 class VelocityField:
-    """v(z, t) for a fixed batch of prompt rows, with or without the prompt cache."""
+    """v(z, t) for a fixed batch of prompt rows, with or without the prompt cache.
+
+    ``tokens`` are (R, L) prompt ids ending with the generation tag; the tag's slot holds t_emb, so
+    the LLM reads ``[embed(tokens)[:, :L-1], t_emb, N latent tokens]`` under ``mask``.
+    """
 
     def __init__(self, model, tokens: torch.Tensor, prompt_mask: torch.Tensor, num_image_tokens: int,
                  use_cache: bool):
         self.model = model
         R, L = tokens.shape
-        self.rows = R
+        self.rows, self.prefix_len = R, L - 1
         self.prefix = model.embed_prompt(tokens)  # (R, L-1, D)
         ones = torch.ones(R, 1 + num_image_tokens, dtype=prompt_mask.dtype, device=prompt_mask.device)
         self.mask = torch.cat([prompt_mask[:, : L - 1], ones], dim=1)  # (R, L-1+1+N); the t slot attends
-        self.positions = _positions(self.mask)
-        self.prefix_len = L - 1
-        self.cache_layers = None
+        self.positions = position_ids_from_left_padding(self.mask)  # (R, L-1+1+N)
+        self.prompt_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         if use_cache:
-            from transformers import DynamicCache
-
-            cache = DynamicCache(config=model.language_model.config)
+            cache = self._new_cache()
             model.llm(inputs_embeds=self.prefix, attention_mask=self.mask[:, : L - 1],
                       position_ids=self.positions[:, : L - 1], cache=cache, use_cache=True)
-            self.cache_layers = [(layer.keys, layer.values) for layer in cache.layers]
+            self.prompt_kv = [(layer.keys, layer.values) for layer in cache.layers]  # (R, heads, L-1, d) each
 
-    def _fresh_cache(self):
+    def _new_cache(self):
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=self.model.language_model.config)
-        for i, (k, v) in enumerate(self.cache_layers):
-            cache.update(k, v, i)
+        return DynamicCache(config=self.model.language_model.config)
+
+    def _prompt_cache(self):
+        """A cache holding only the prompt's keys/values (a step appends its own, so one per step)."""
+        cache = self._new_cache()
+        for i, (keys, values) in enumerate(self.prompt_kv):
+            cache.update(keys, values, i)
         return cache
 
     def __call__(self, z: torch.Tensor, t: float) -> torch.Tensor:
-        """Velocity for every row; ``z`` has one latent per row, ``t`` in [0, 1]."""
+        """Velocity for every row; ``z`` is (R, C, H, W), ``t`` in [0, 1]."""
         t_in = torch.full((z.shape[0],), t * TIME_SCALE, dtype=torch.float32, device=z.device)
-        if self.cache_layers is None:
+        if self.prompt_kv is None:  # reference: the whole sequence, every step
             return self.model.forward_generation(self.prefix, z, t_in, attention_mask=self.mask,
                                                  position_ids=self.positions).velocity
         return self.model.forward_generation(None, z, t_in, attention_mask=self.mask,
                                              position_ids=self.positions[:, self.prefix_len:],
-                                             cache=self._fresh_cache()).velocity
+                                             cache=self._prompt_cache()).velocity
 
 
 @torch.inference_mode()
@@ -134,41 +157,76 @@ def sample_latents(
     """Integrate dz/dt = v(z, t) from t = 0 (noise, ``z0``) to t = 1 (data)."""
     cfg.validate()
     B = z0.shape[0]
-    if cfg.guided and tokens.shape[0] != 2 * B:
-        raise ValueError(f"guidance needs 2*B = {2 * B} prompt rows (cond then uncond), got {tokens.shape[0]}")
+    C = model.config.gen_vision.latent_channels
+    if z0.ndim != 4 or z0.shape[1] != C:
+        raise InputError(f"initial latents must be (B, {C}, H, W), got {tuple(z0.shape)}")
+    if tokens.shape != attention_mask.shape:
+        raise InputError(f"tokens {tuple(tokens.shape)} and attention_mask {tuple(attention_mask.shape)} differ")
+    if tokens.shape[0] not in ((2 * B,) if cfg.guided else (B, 2 * B)):
+        raise InputError(f"{B} latents need {2 * B if cfg.guided else B} prompt rows "
+                         f"(conditional{' then unconditional' if cfg.guided else ''}), got {tokens.shape[0]}")
     if not cfg.guided:
         tokens, attention_mask = tokens[:B], attention_mask[:B]  # w = 1: no unconditional pass at all
-    N = model.config.gen_vision.grid_for(z0.shape[-1]) ** 2  # latent tokens the encoder makes
+    N = model.config.gen_vision.grid_for(z0.shape[-1]) * model.config.gen_vision.grid_for(z0.shape[-2])
     field = VelocityField(model, tokens, attention_mask, N, cfg.use_prompt_cache)
 
     def velocity(z: torch.Tensor, t: float) -> torch.Tensor:
         if not cfg.guided:
             return field(z, t)
-        v_cond, v_uncond = field(torch.cat([z, z]), t).chunk(2)
+        v_cond, v_uncond = field(torch.cat([z, z]), t).chunk(2)  # one batch: cond rows, then uncond rows
         return guided_velocity(v_cond, v_uncond, cfg.guidance_scale)
 
-    ts = time_grid(cfg)
-    z = z0.to(model.dtype)
-    traj, vels, t_eval = [z0], [], []
-    for k in range(cfg.num_steps):
-        t, t_next = ts[k], ts[k + 1]
-        dt = (1.0 / cfg.num_steps) if cfg.schedule == "uniform" else (t_next - t)
-        v = velocity(z, t)
-        t_eval.append(t)
-        if cfg.solver == "heun":
-            z_pred = z + dt * v
-            v = 0.5 * (v + velocity(z_pred, t_next))
-        elif cfg.solver == "midpoint":
-            v = velocity(z + 0.5 * dt * v, t + 0.5 * dt)
-        z = z + torch.zeros_like(z).add_(dt) * v  # the release's dt tensor: zeros_like(z) + 1/n
-        if record:
-            traj.append(z)
-            vels.append(v)
-        if progress is not None:
-            progress(k + 1, cfg.num_steps)
+    z, trajectory, velocities = integrate(velocity, z0.to(model.dtype), cfg, record, progress)
     result = SampleResult(latents=z, attention_mask=field.mask)
     if record:
-        result.trajectory = torch.stack(traj)
-        result.velocities = torch.stack(vels)
-        result.t_steps = torch.tensor([t * TIME_SCALE for t in t_eval], dtype=torch.float32)
+        result.trajectory, result.velocities = trajectory, velocities
+        result.t_steps = torch.tensor([t * TIME_SCALE for t in time_grid(cfg)[:-1]], dtype=torch.float32)
     return result
+
+
+def integrate(
+    velocity: Callable[[torch.Tensor, float], torch.Tensor],
+    z0: torch.Tensor,
+    cfg: SamplerConfig,
+    record: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The ODE loop alone: z(1) from z(0) = z0 under ``velocity(z, t)``; with ``record`` also the
+    trajectory z_0 .. z_n (n+1, ...) and the velocity of each update (n, ...)."""
+    ts = time_grid(cfg)
+    z = z0
+    trajectory, velocities = [z], []
+    for k in range(cfg.num_steps):
+        t, t_next = ts[k], ts[k + 1]
+        h = 1.0 / cfg.num_steps if cfg.schedule == "uniform" else t_next - t  # the release's dt = 1/n
+        v = velocity(z, t)
+        if cfg.solver == "heun":
+            v = 0.5 * (v + velocity(z + h * v, t_next))
+        elif cfg.solver == "midpoint":
+            v = velocity(z + 0.5 * h * v, t + 0.5 * h)
+        z = z + torch.full_like(z, h) * v  # the release multiplies by a dt tensor, zeros_like(z) + 1/n
+        if record:
+            trajectory.append(z)
+            velocities.append(v)
+        if progress is not None:
+            progress(k + 1, cfg.num_steps)
+    if not record:
+        return z, None, None
+    return z, torch.stack(trajectory), torch.stack(velocities)
+
+
+def initial_noise(num: int, config, generator: torch.Generator | list[torch.Generator] | None = None,
+                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """z0 ~ N(0, I) of shape (num, C, S, S) from the config's latent size; drawn in fp32 on the
+    generator's device (so a seed gives the same noise whatever the model's device and dtype).
+    A list of generators draws one latent from each."""
+    gen = config.gen_vision
+    shape = (gen.latent_channels, gen.latent_size, gen.latent_size)  # (C, H, W)
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != num:
+            raise InputError(f"{len(generator)} generators for {num} images; pass one per image or a single one")
+        z = torch.stack([torch.randn(shape, generator=g, device=g.device) for g in generator])
+    else:
+        gen_device = generator.device if generator is not None else "cpu"
+        z = torch.randn((num, *shape), generator=generator, device=gen_device)
+    return z.to(device=device, dtype=dtype)

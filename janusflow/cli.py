@@ -1,0 +1,270 @@
+"""The ``janusflow`` command. Each subcommand is one function registered with ``@command``; the
+work lives in the library (pipeline, understanding, parity), this file parses and prints.
+
+Bad input ends with one line on stderr (``janusflow: error: ...``) and a non-zero exit: 1 for bad
+input or files, 2 for bad usage or when no model is given and no default model is installed.
+Set JANUSFLOW_DEBUG=1 to get the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError, JanusFlowError
+
+PROG = "janusflow"
+
+
+class NoModelError(JanusFlowError):
+    """No --model and no embedded default model."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage block
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+@dataclass
+class Command:
+    name: str
+    help: str
+    arguments: tuple
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def arg(*flags: str, **kwargs) -> tuple:
+    return flags, kwargs
+
+
+def command(name: str, help: str, *arguments: tuple):
+    """Register ``run(args) -> exit code`` as subcommand ``name`` with ``arg(...)`` arguments."""
+    def register(run: Callable[[argparse.Namespace], int]):
+        COMMANDS[name] = Command(name, help, arguments, run)
+        return run
+    return register
+
+
+# -- shared options -------------------------------------------------------------------------------------
+
+MODEL = (
+    arg("--model", metavar="DIR", help="model folder (ours or the official layout); default: the embedded model"),
+    arg("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"),
+    arg("--dtype", choices=("auto", "fp32", "bf16"), default="auto", help="auto: fp32 on CPU, bf16 on CUDA"),
+)
+DECODING = (
+    arg("--max-new-tokens", type=int, default=512),
+    arg("--temperature", type=float, default=0.0, help="0 = greedy"),
+    arg("--top-p", type=float, default=1.0),
+    arg("--seed", type=int, default=0, help="for sampling (temperature > 0)"),
+)
+
+
+def model_dir(args: argparse.Namespace) -> Path:
+    if args.model:
+        return Path(args.model)
+    from .pipeline import default_model_dir
+
+    found = default_model_dir()
+    if found is None:
+        raise NoModelError("no default model is installed yet (janusflow/default_model/); pass --model DIR, a "
+                           "JanusFlow folder in our layout or the official one")
+    return found
+
+
+def torch_dtype(args: argparse.Namespace):
+    import torch
+
+    return {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+
+
+def decoding_config(args: argparse.Namespace):
+    from .understanding import DecodingConfig
+
+    config = DecodingConfig(args.max_new_tokens, args.temperature, args.top_p)
+    config.validate()
+    return config
+
+
+def load_chat(args: argparse.Namespace):
+    from .understanding import JanusFlowChat
+
+    return JanusFlowChat.from_pretrained(model_dir(args), args.device, torch_dtype(args))
+
+
+# -- subcommands ----------------------------------------------------------------------------------------
+
+@command("parity", "recompute a parity fixture of the official implementation",
+         arg("fixture", metavar="FIXTURE_DIR"))
+def parity(args: argparse.Namespace) -> int:
+    from .parity import TOLERANCE, run_parity
+
+    if not Path(args.fixture).is_dir():
+        raise InputError(f"fixture folder not found: {args.fixture}")
+    results = run_parity(args.fixture)
+    width = max(len(r.name) for r in results)
+    for r in results:
+        print(f"{r.name:<{width}}  max|diff| {r.max_abs_diff:.3e}  {'ok' if r.ok else 'FAIL'}")
+    failed = [r.name for r in results if not r.ok]
+    print(f"{len(results) - len(failed)}/{len(results)} outputs within {TOLERANCE:g}")
+    return 1 if failed else 0
+
+
+@command("generate", "text to image: PNGs in a folder, or the GenEval layout",
+         arg("prompt", nargs="?", help="the prompt (or --geneval-metadata)"),
+         arg("--out", required=True, metavar="DIR"),
+         arg("--geneval-metadata", metavar="FILE", help="one JSON object a line with at least \"prompt\""),
+         arg("--vae", metavar="DIR", help="diffusers AutoencoderKL folder (default: MODEL/vae)"),
+         arg("--steps", type=int, default=30), arg("--cfg", type=float, default=2.0, help="guidance weight w"),
+         arg("--seed", type=int, default=0), arg("--n-samples", type=int, default=1),
+         arg("--solver", default="euler", help="euler, heun or midpoint"),
+         arg("--schedule", default="uniform", help="uniform or shifted"),
+         arg("--batch-size", type=int, default=None, help="images sampled together (default: all)"),
+         *MODEL)
+def generate(args: argparse.Namespace) -> int:
+    from .pipeline import JanusFlowPipeline, generate_geneval, generate_to_folder, read_geneval_metadata
+    from .sampler import SamplerConfig
+
+    SamplerConfig(args.steps, args.cfg, args.solver, args.schedule).validate()  # before loading anything
+    if args.n_samples < 1:
+        raise InputError(f"--n-samples must be at least 1, got {args.n_samples}")
+    if (args.prompt is None) == (args.geneval_metadata is None):
+        raise InputError("give either a prompt or --geneval-metadata FILE")
+    if args.prompt is not None and not args.prompt.strip():
+        raise InputError("the prompt is empty")
+    if args.geneval_metadata:
+        read_geneval_metadata(args.geneval_metadata)
+    folder = model_dir(args)
+    pipe = JanusFlowPipeline.from_pretrained(folder, vae=args.vae, device=args.device, dtype=torch_dtype(args))
+    if pipe.vae is None:
+        raise InputError(f"no VAE: {folder} has no vae/ folder; pass --vae DIR (a diffusers AutoencoderKL)")
+    settings = dict(num_inference_steps=args.steps, guidance_scale=args.cfg, solver=args.solver,
+                    schedule=args.schedule, batch_size=args.batch_size)
+    if args.geneval_metadata:
+        done, skipped = generate_geneval(pipe, args.geneval_metadata, args.out, args.n_samples, args.seed, **settings)
+        print(f"wrote {done} prompt folder(s) to {args.out}" + (f" ({skipped} already complete)" if skipped else ""))
+    else:
+        for path in generate_to_folder(pipe, args.prompt, args.out, args.n_samples, args.seed, **settings):
+            print(path)
+    return 0
+
+
+@command("ask", "answer a question about images; or a LLaVA question file",
+         arg("inputs", nargs="*", metavar="IMAGE... QUESTION", help="zero or more images, then the question"),
+         arg("--question-file", metavar="Q.jsonl"), arg("--image-folder", metavar="DIR"),
+         arg("--answers-file", metavar="A.jsonl"), arg("--batch-size", type=int, default=8),
+         arg("--model-id", default=None, help="model_id written in the answers (default: the model folder's name)"),
+         arg("--no-stream", action="store_true", help="print the answer at the end instead of token by token"),
+         *DECODING, *MODEL)
+def ask(args: argparse.Namespace) -> int:
+    from .processor import load_image
+    from .understanding import answer_llava_questions, print_streamer, read_llava_questions, user_message
+
+    config = decoding_config(args)
+    if args.question_file:
+        if args.inputs or not args.answers_file:
+            raise InputError("with --question-file give --answers-file (and --image-folder), no positional inputs")
+        read_llava_questions(args.question_file, args.image_folder)
+        chat = load_chat(args)
+        model_id = args.model_id or model_dir(args).resolve().name
+        n = answer_llava_questions(chat, args.question_file, args.image_folder, args.answers_file, model_id,
+                                   args.batch_size, config, generator=args.seed)
+        print(f"wrote {n} answer(s) to {args.answers_file}")
+        return 0
+    if not args.inputs:
+        raise InputError("give the image(s) and a question, or --question-file")
+    *images, question = args.inputs
+    message = user_message(question, [load_image(p) for p in images])  # checks the files before loading
+    chat = load_chat(args)
+    if args.no_stream:
+        print(chat.answer([[message]], config, args.seed)[0])
+    else:
+        chat.generate([[message]], config, args.seed, streamer=print_streamer(chat.processor.tokenizer))
+    return 0
+
+
+@command("chat", "interactive chat about images (/image PATH, /reset, /quit)",
+         arg("--image", action="append", default=[], metavar="PATH", help="image(s) for the first question"),
+         *DECODING, *MODEL)
+def chat(args: argparse.Namespace) -> int:
+    from .processor import load_image
+    from .understanding import Conversation, print_streamer
+
+    config = decoding_config(args)
+    pending = [load_image(p) for p in args.image]
+    session = load_chat(args)
+    conversation = Conversation()
+    print("janusflow chat: /image PATH adds an image to your next message, /reset starts over, /quit leaves",
+          file=sys.stderr)
+    while True:
+        print("User: ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line or line.strip() in ("/quit", "/exit"):
+            return 0
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("/image"):
+            try:
+                pending.append(load_image(text[len("/image"):].strip()))
+            except InputError as e:  # stay in the chat
+                print(f"{PROG}: error: {e}", file=sys.stderr)
+            continue
+        if text == "/reset":
+            conversation, pending = Conversation(), []
+            continue
+        conversation.add_user(text, pending)
+        pending = []
+        print("Assistant: ", end="", flush=True)
+        result = session.generate([conversation.messages], config, args.seed,
+                                  streamer=print_streamer(session.processor.tokenizer))
+        conversation.add_assistant(session.processor.decode(result.tokens[0]).strip())
+
+
+# -- entry point ----------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="JanusFlow: image understanding and rectified-flow generation")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for c in COMMANDS.values():
+        sub = subparsers.add_parser(c.name, help=c.help, description=c.help)
+        for flags, kwargs in c.arguments:
+            sub.add_argument(*flags, **kwargs)
+        sub.set_defaults(run=c.run)
+    return parser
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 600 else text[:597] + "..."
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error already printed on one line
+        return int(e.code or 0) if not isinstance(e.code, str) else 2
+    try:
+        return int(args.run(args) or 0)
+    except NoModelError as e:
+        print(f"{PROG}: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except (JanusFlowError, OSError, ValueError) as e:
+        if os.environ.get("JANUSFLOW_DEBUG"):
+            raise
+        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""The public text-to-image API: a diffusers-style ``JanusFlowPipeline``.
+
+    pipe = JanusFlowPipeline.from_pretrained("path/to/model", vae="path/to/sdxl-vae")
+    images = pipe("a red circle", num_inference_steps=30, guidance_scale=2.0, generator=0).images
+
+A model folder is ours (``config.json`` + ``model.safetensors``) or the official release's; either
+way it holds the tokenizer files and ``processor_config.json`` / ``preprocessor_config.json``, and
+may hold a ``vae/`` subfolder (a diffusers ``AutoencoderKL``) used when no ``vae`` is given.
+:func:`load_model_and_processor` is the one loader shared with understanding and the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import CheckpointError, InputError
+from .sampler import SamplerConfig, initial_noise, sample_latents
+from .vae import check_finite, decode, load_vae, to_pil
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+VAE_SUBFOLDER = "vae"
+
+
+def default_model_dir() -> Path | None:
+    """The embedded default model (``janusflow/default_model``), or None while none is installed."""
+    return DEFAULT_MODEL_DIR if (DEFAULT_MODEL_DIR / "config.json").is_file() else None
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise InputError(f"unknown device {device!r} ({e})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' was asked for but CUDA is not available")
+    return device
+
+
+def load_model_and_processor(model_dir: str | os.PathLike, device: str | torch.device | None = None,
+                             dtype: torch.dtype | None = None):
+    """(model, processor) from one folder, either layout; fp32 on CPU and bf16 on CUDA by default.
+
+    The processor's sizes come from the model's config (image size, image tokens of both paths) and
+    its ``max_length`` is at most the LLM's context, so over-long prompts are refused up front.
+    """
+    from .modeling import JanusFlowModel, default_dtype
+    from .processor import JanusFlowProcessor
+
+    folder = Path(os.fspath(model_dir))
+    if not folder.is_dir():
+        raise CheckpointError(f"model folder not found: {folder}")
+    device = resolve_device(device)
+    model = JanusFlowModel.from_pretrained(folder, dtype=dtype or default_dtype(device), device=device)
+    config = model.config
+    try:
+        processor = JanusFlowProcessor.from_pretrained(
+            folder, image_size=config.und_vision.image_size, num_image_tokens=config.num_und_image_tokens,
+            num_gen_image_tokens=config.num_image_tokens)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{folder}: cannot load the tokenizer/processor ({str(e).splitlines()[0]})") from None
+    context = config.language.max_position_embeddings
+    processor.max_length = min(processor.max_length or context, context)
+    if len(processor.tokenizer) > config.language.vocab_size:
+        raise CheckpointError(f"{folder}: the tokenizer has {len(processor.tokenizer)} tokens but the model's "
+                              f"vocabulary is {config.language.vocab_size}")
+    return model, processor
+
+
+@dataclass
+class JanusFlowPipelineOutput:
+    images: Any  # list of PIL images ("pil"), (B, H, W, 3) float array in [0, 1] ("np"),
+    # (B, 3, H, W) tensor in [0, 1] ("pt"), or (B, C, h, w) latents ("latent")
+
+
+class JanusFlowPipeline:
+    """Text-to-image with JanusFlow: prompt rows -> rectified-flow ODE in latent space -> VAE decode."""
+
+    def __init__(self, model, processor, vae=None):
+        self.model, self.processor, self.vae = model, processor, vae
+        self._progress: dict[str, Any] = {}
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | os.PathLike, vae=None, device: str | torch.device | None = None,
+                        dtype: torch.dtype | None = None) -> "JanusFlowPipeline":
+        """``vae``: a diffusers folder, an ``AutoencoderKL``, or None for ``model_dir/vae`` when present."""
+        model, processor = load_model_and_processor(model_dir, device, dtype)
+        if vae is None and (Path(os.fspath(model_dir)) / VAE_SUBFOLDER / "config.json").is_file():
+            vae = Path(os.fspath(model_dir)) / VAE_SUBFOLDER
+        if vae is not None:
+            vae = load_vae(vae, model.device, dtype)
+        return cls(model, processor, vae)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        """Options for tqdm (e.g. ``disable=True``), as in diffusers."""
+        self._progress = kwargs
+
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        num_inference_steps: int = 30,
+        guidance_scale: float = 2.0,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | int | None = None,
+        solver: str = "euler",
+        output_type: str = "pil",
+        schedule: str = "uniform",
+        shift: float = 3.0,
+        latents: torch.Tensor | None = None,
+        batch_size: int | None = None,
+        use_prompt_cache: bool = True,
+        callback: Callable[[int, int], None] | None = None,
+    ) -> JanusFlowPipelineOutput:
+        """Generate ``num_images_per_prompt`` images for each prompt.
+
+        Images are ordered prompt by prompt (p0 x K, p1 x K, ...). ``generator`` is a
+        ``torch.Generator``, a list with one per image, or an int seed; ``latents`` (B, C, S, S)
+        replaces the drawn noise. ``batch_size`` caps the images sampled together (None: all);
+        the noise is drawn up front, so it does not change the result.
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        cfg = SamplerConfig(num_inference_steps, guidance_scale, solver, schedule, shift, use_prompt_cache)
+        cfg.validate()
+        if output_type not in OUTPUT_TYPES:
+            raise InputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if output_type != "latent" and self.vae is None:
+            raise InputError("no VAE to decode the latents: pass vae=... (a diffusers AutoencoderKL folder) "
+                             "or output_type='latent'")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.processor.build_generation_batch(prompts, num_images_per_prompt, guidance=False)  # validates all
+        rows = [p for p in prompts for _ in range(num_images_per_prompt)]
+        z0 = self._noise(len(rows), generator, latents)
+
+        from tqdm.auto import tqdm
+
+        step = max(1, batch_size or len(rows))
+        chunks = [range(i, min(i + step, len(rows))) for i in range(0, len(rows), step)]
+        bar = tqdm(total=cfg.num_steps * len(chunks), desc="sampling", unit="step",
+                   **{"leave": False, **self._progress})
+        out = []
+        try:
+            for chunk in chunks:
+                rows_batch = self.processor.build_generation_batch([rows[i] for i in chunk], 1, guidance=cfg.guided)
+                batch = rows_batch.to(self.device)
+
+                def progress(k: int, n: int) -> None:
+                    bar.update(1)
+                    if callback is not None:
+                        callback(k, n)
+
+                out.append(sample_latents(self.model, batch.input_ids, batch.attention_mask,
+                                          z0[chunk.start:chunk.stop], cfg, progress=progress).latents)
+        finally:
+            bar.close()
+        z = torch.cat(out)  # (B, C, S, S)
+        check_finite(z)
+        if output_type == "latent":
+            return JanusFlowPipelineOutput(z)
+        images = decode(self.vae, z)  # (B, 3, H, W) in [-1, 1]
+        if output_type == "pil":
+            return JanusFlowPipelineOutput(to_pil(images))
+        unit = (images + 1) / 2
+        return JanusFlowPipelineOutput(unit if output_type == "pt" else unit.permute(0, 2, 3, 1).numpy().astype(np.float32))
+
+    def _noise(self, num: int, generator, latents: torch.Tensor | None) -> torch.Tensor:
+        config = self.model.config
+        if latents is not None:
+            gen = config.gen_vision
+            expected = (num, gen.latent_channels, gen.latent_size, gen.latent_size)
+            if tuple(latents.shape) != expected:
+                raise InputError(f"latents must have shape {expected}, got {tuple(latents.shape)}")
+            return latents.to(device=self.device, dtype=self.model.dtype)
+        if isinstance(generator, int) and not isinstance(generator, bool):
+            generator = torch.Generator().manual_seed(generator)
+        return initial_noise(num, config, generator, device=self.device, dtype=self.model.dtype)
+
+
+# -- writing images: a plain folder and the GenEval layout -------------------------------------------
+
+
+def generate_to_folder(pipe: JanusFlowPipeline, prompt: str, out_dir: str | os.PathLike, num_images: int = 1,
+                       seed: int = 0, **call_kwargs: Any) -> list[Path]:
+    """``out_dir/{k:04d}.png`` for k < num_images; noise from ``torch.Generator().manual_seed(seed)``."""
+    out = Path(os.fspath(out_dir))
+    images = pipe(prompt, num_images_per_prompt=num_images, generator=seed, output_type="pil", **call_kwargs).images
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{k:04d}.png" for k in range(len(images))]
+    for image, path in zip(images, paths):
+        image.save(path)
+    return paths
+
+
+def read_geneval_metadata(file: str | os.PathLike) -> list[tuple[str, dict]]:
+    """(line, object) for each non-empty line of a GenEval metadata file; every object needs a prompt."""
+    path = Path(os.fspath(file))
+    if not path.is_file():
+        raise InputError(f"metadata file not found: {path}")
+    entries = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{number}: not a JSON object ({e.msg})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
+            raise InputError(f"{path}:{number}: each line needs a string \"prompt\"")
+        entries.append((line.strip(), obj))
+    if not entries:
+        raise InputError(f"{path}: no prompts")
+    return entries
+
+
+def generate_geneval(pipe: JanusFlowPipeline, metadata_file: str | os.PathLike, out_dir: str | os.PathLike,
+                     num_images: int = 4, seed: int = 0, show_progress: bool = True,
+                     **call_kwargs: Any) -> tuple[int, int]:
+    """The GenEval layout: ``out/{i:05d}/metadata.jsonl`` (line i of the metadata file) and
+    ``out/{i:05d}/samples/{k:04d}.png``. Prompt i draws its noise from seed + i, so a prompt's
+    images do not depend on the others and an interrupted run resumes: complete folders are kept.
+    Returns (prompts generated, prompts skipped as already complete)."""
+    from tqdm.auto import tqdm
+
+    entries = read_geneval_metadata(metadata_file)
+    for number, (_, obj) in enumerate(entries):  # refuse a bad prompt before hours of work
+        try:
+            pipe.processor.encode_generation_prompt(obj["prompt"])
+        except InputError as e:
+            raise InputError(f"prompt {number} ({obj['prompt'][:40]!r}): {e}") from None
+    out = Path(os.fspath(out_dir))
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"metadata_file": os.fspath(metadata_file), "num_images": num_images, "seed": seed, **call_kwargs}
+    (out / "janusflow_generation.json").write_text(json.dumps(settings, indent=2, default=str) + "\n")
+    done = skipped = 0
+    for i, (line, obj) in enumerate(tqdm(entries, desc="prompts", unit="prompt", disable=not show_progress)):
+        folder, samples = out / f"{i:05d}", out / f"{i:05d}" / "samples"
+        paths = [samples / f"{k:04d}.png" for k in range(num_images)]
+        if (folder / "metadata.jsonl").is_file() and all(p.is_file() for p in paths):
+            skipped += 1
+            continue
+        images = pipe(obj["prompt"], num_images_per_prompt=num_images, generator=seed + i, **call_kwargs).images
+        samples.mkdir(parents=True, exist_ok=True)
+        for image, path in zip(images, paths):
+            image.save(path)
+        (folder / "metadata.jsonl").write_text(line + "\n", encoding="utf-8")
+        done += 1
+    return done, skipped
