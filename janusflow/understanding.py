@@ -55,6 +55,7 @@ class DecodeResult:
     prompt_length: int  # T, padded columns included
     time_to_first_token: float = 0.0  # seconds: prefill + the first token
     seconds: float = 0.0  # the whole decode
+    logits: torch.Tensor | None = None  # (B, steps, V) the logits each token was chosen from, when recorded
 
 
 def select_next(logits: torch.Tensor, cfg: DecodingConfig, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -71,7 +72,7 @@ def select_next(logits: torch.Tensor, cfg: DecodingConfig, generator: torch.Gene
 
 @torch.inference_mode()
 def decode(model, batch: UnderstandingBatch, cfg: DecodingConfig, eos_token_id: int | None, pad_token_id: int,
-           generator: torch.Generator | None = None, streamer=None) -> DecodeResult:
+           generator: torch.Generator | None = None, streamer=None, record_logits: bool = False) -> DecodeResult:
     """Answer every row of a left-padded understanding batch (see the module docstring)."""
     cfg.validate()
     B, T = batch.input_ids.shape
@@ -103,8 +104,10 @@ def decode(model, batch: UnderstandingBatch, cfg: DecodingConfig, eos_token_id: 
 
     generated = torch.empty(B, 0, dtype=torch.long, device=model.device)  # (B, k)
     finished = torch.zeros(B, dtype=torch.bool, device=model.device)
-    first_token_time = 0.0
+    first_token_time, history = 0.0, []
     for k in range(max_new):
+        if record_logits:
+            history.append(logits.float().cpu())
         token = select_next(logits, cfg, generator)
         if eos_token_id is not None:
             token = token.masked_fill(finished, pad_token_id)  # finished rows only pad
@@ -132,7 +135,8 @@ def decode(model, batch: UnderstandingBatch, cfg: DecodingConfig, eos_token_id: 
         stop = eos_token_id in row if eos_token_id is not None else False
         tokens.append(row[: row.index(eos_token_id)] if stop else row)
         stopped.append(stop)
-    return DecodeResult(tokens, stopped, T, first_token_time, time.perf_counter() - start)
+    return DecodeResult(tokens, stopped, T, first_token_time, time.perf_counter() - start,
+                        torch.stack(history, dim=1) if record_logits else None)
 
 
 def user_message(question: str, images: Sequence[ImageInput] = ()) -> Message:
@@ -170,14 +174,16 @@ class JanusFlowChat:
         return cls(*load_model_and_processor(model_dir, device, dtype))
 
     def generate(self, conversations: Sequence[Sequence[Message]], config: DecodingConfig | None = None,
-                 generator: torch.Generator | int | None = None, streamer=None, **overrides) -> DecodeResult:
+                 generator: torch.Generator | int | None = None, streamer=None, record_logits: bool = False,
+                 **overrides) -> DecodeResult:
         """Decode the Assistant's next turn of each conversation (messages ending with a User turn)."""
         config = config or DecodingConfig(**overrides)
         prompts = [[*c, {"role": "Assistant", "content": ""}] for c in conversations]
         batch = self.processor.build_understanding_batch(prompts)
         if isinstance(generator, int) and not isinstance(generator, bool):
             generator = torch.Generator(device=self.model.device).manual_seed(generator)
-        return decode(self.model, batch, config, self.processor.eos_id, self.processor.pad_id, generator, streamer)
+        return decode(self.model, batch, config, self.processor.eos_id, self.processor.pad_id, generator, streamer,
+                      record_logits)
 
     def answer(self, conversations: Sequence[Sequence[Message]], config: DecodingConfig | None = None,
                generator=None, streamer=None, **overrides) -> list[str]:
