@@ -1,0 +1,237 @@
+"""The server: an HTTP API (FastAPI) and the web page (Gradio, mounted at "/") on one model.
+
+    create_app(engine, limits) -> FastAPI
+
+Routes: ``POST /v1/generate``, ``POST /v1/ask``, ``GET /health``, the OpenAPI spec at
+``/openapi.json`` (``/docs`` renders it) and, when Gradio is installed, the page at ``/``.
+Every refusal is a JSON body ``{"error": why, "field": name or null}``: 4xx for a malformed or
+over-limit request (``docs/serve.md`` lists which), 503 with ``Retry-After`` when the queue is
+full or the request ran out of time. The model is shared by the API and the page through one
+:class:`~janusflow.serve.worker.ModelWorker`, so it runs one request at a time.
+"""
+
+
+import contextlib
+import logging
+import secrets
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from ..errors import JanusFlowError
+from .engine import Engine
+from .limits import ServeLimits
+from .schemas import (AskResponse, ErrorResponse, GenerateResponse, HealthResponse, ServeError,
+                      decode_image_base64, encode_png_base64, request_models)
+from .worker import Cancelled, ModelWorker, QueueFull, RequestTimeout
+
+log = logging.getLogger("janusflow.serve")
+
+ERROR_RESPONSES = {
+    413: {"model": ErrorResponse, "description": "the body or the image is over a size limit"},
+    415: {"model": ErrorResponse, "description": "the image is neither PNG nor JPEG"},
+    422: {"model": ErrorResponse, "description": "a field is missing, malformed or out of bounds"},
+    503: {"model": ErrorResponse, "description": "the queue is full or the request timed out; see Retry-After"},
+}
+
+
+def error_response(status: int, field: str | None, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "field": field}, status_code=status, headers=headers)
+
+
+def _field_of(loc: tuple) -> str | None:
+    """('body', 'steps') -> 'steps'; ('body',) -> 'body' (the body as a whole)."""
+    parts = [str(p) for p in loc[1:]] if loc and loc[0] == "body" else [str(p) for p in loc]
+    return ".".join(parts) or "body"
+
+
+class BodyLimitMiddleware:
+    """413 for a body over ``max_bytes``: by its Content-Length, or (for /v1/) by counting what arrives."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = error_response(413, "body", f"the request body is over the limit of {self.max_bytes} bytes")
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                return await error_response(400, "body", "the Content-Length header is not a number")(scope, receive, send)
+            if declared > self.max_bytes:
+                return await too_large(scope, receive, send)
+        if not scope["path"].startswith("/v1/"):
+            return await self.app(scope, receive, send)
+        # Read the whole (bounded) body now, then replay it to the route.
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                return await too_large(scope, receive, send)
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+class AccessLogMiddleware:
+    """One line a request: method, path, status, duration. Never bodies, so never image bytes."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), [500]
+
+        async def send_logged(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_logged)
+        finally:
+            log.info("%s %s %d %.1fms", scope["method"], scope["path"], status[0],
+                     1000 * (time.perf_counter() - start))
+
+
+async def run_on_model(worker: ModelWorker, work, field: str | None):
+    """Queue ``work(job)`` on the model and wait; queue and timeout failures become 503s, input errors 422."""
+    try:
+        job = worker.submit(work)
+    except QueueFull as e:
+        raise ServeError(503, None, f"the server is busy ({e}); retry later") from None
+    try:
+        return await job.wait()
+    except RequestTimeout as e:
+        raise ServeError(503, None, str(e)) from None
+    except Cancelled:
+        raise ServeError(503, None, "the request was cancelled") from None
+    except JanusFlowError as e:
+        raise ServeError(422, field, str(e)) from None
+
+
+def create_app(engine: Engine, limits: ServeLimits | None = None, *, ui: bool = True,
+               worker: ModelWorker | None = None) -> FastAPI:
+    """The API (and, with ``ui`` and Gradio installed, the page at "/") serving ``engine``."""
+    limits = limits or ServeLimits()
+    worker = worker or ModelWorker(limits.max_queue, limits.request_timeout_s)
+    GenerateRequest, AskRequest = request_models(limits)
+    retry_after = {"Retry-After": str(limits.retry_after_s)}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        worker.close()
+
+    app = FastAPI(title="JanusFlow", version="1", summary="Image understanding and text-to-image generation",
+                  description="Limits are in the schema; refusals are JSON `{error, field}` (see docs/serve.md).",
+                  lifespan=lifespan)
+    app.state.engine, app.state.worker, app.state.limits = engine, worker, limits
+
+    @app.exception_handler(ServeError)
+    async def _serve_error(request: Request, e: ServeError):
+        return error_response(e.status, e.field, e.message, retry_after if e.status == 503 else None)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, e: RequestValidationError):
+        errors = e.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        field = _field_of(tuple(first.get("loc", ())))
+        if first.get("type") == "json_invalid":
+            return error_response(400, "body", f"the body is not valid JSON ({first.get('msg')})")
+        what = f"{field}: " if field else ""
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        why = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+        return error_response(422, field, f"{what}{why}{more}")
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, e: Exception):
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return error_response(500, None, f"internal error ({type(e).__name__})")
+
+    @app.post("/v1/generate", response_model=GenerateResponse, responses=ERROR_RESPONSES,
+              summary="Generate images from a prompt")
+    async def generate(body: GenerateRequest) -> GenerateResponse:
+        seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
+
+        def work(job):
+            return engine.generate(body.prompt, body.num_images, body.steps, body.guidance_scale, seed,
+                                   body.solver, progress=job.progress)
+
+        images = await run_on_model(worker, work, "prompt")
+        encoded = await run_in_threadpool(lambda: [encode_png_base64(image) for image in images])
+        return GenerateResponse(images=encoded, seed=seed)
+
+    @app.post("/v1/ask", response_model=AskResponse, responses=ERROR_RESPONSES,
+              summary="Answer a question about an image")
+    async def ask(body: AskRequest) -> AskResponse:
+        image = await run_in_threadpool(decode_image_base64, body.image, limits)
+
+        def work(job):
+            return engine.ask(image, body.question, body.max_new_tokens, streamer=CancelCheck(job))
+
+        return AskResponse(answer=await run_on_model(worker, work, "question"))
+
+    @app.get("/health", response_model=HealthResponse, summary="Liveness and queue state")
+    async def health() -> HealthResponse:
+        numeric = {name: float(value) for name, value, _ in
+                   ((n, getattr(limits, n), d) for n, _, d in ServeLimits.documentation())}
+        return HealthResponse(status="ok", busy=worker.busy, waiting=worker.waiting, limits=numeric)
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_body_bytes)
+    app.add_middleware(AccessLogMiddleware)  # added last = outermost: it sees every response
+    if ui:
+        mount_ui(app, engine, worker, limits)
+    return app
+
+
+class CancelCheck:
+    """A token streamer that only stops a cancelled job (``generate`` calls ``put`` for every token)."""
+
+    def __init__(self, job, inner=None):
+        self.job, self.inner = job, inner
+
+    def put(self, value):
+        self.job.check()
+        if self.inner is not None:
+            self.inner.put(value)
+
+    def end(self):
+        if self.inner is not None:
+            self.inner.end()
+
+
+def mount_ui(app: FastAPI, engine: Engine, worker: ModelWorker, limits: ServeLimits) -> bool:
+    """Mount the Gradio page at "/" when Gradio is installed; False (and a log line) when it is not."""
+    try:
+        import gradio as gr
+    except ImportError:
+        log.warning("gradio is not installed (pip install 'janusflow[demo]'): serving the API only")
+        return False
+    from .ui import build_ui
+
+    blocks = build_ui(engine, worker, limits)
+    gr.mount_gradio_app(app, blocks, path="/", max_file_size=limits.max_image_bytes, ssr_mode=False,
+                        show_error=True)
+    return True

@@ -1,0 +1,159 @@
+"""Request and response bodies of the HTTP API, with the configured limits written into the schema.
+
+The models are built per app from its :class:`ServeLimits`, so the OpenAPI spec states the real
+bounds (``maxLength``, ``maximum``, ...) and a client or a property-based tester can read them.
+(No ``from __future__ import annotations`` here: pydantic must see the bounds as objects.)
+"""
+
+import base64
+import binascii
+import io
+import threading
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..sampler import SOLVERS
+from .limits import ServeLimits
+
+MAX_SEED = 2**63 - 1
+DATA_URL_PREFIX_CHARS = 64  # room for "data:image/jpeg;base64," before the base64 text
+
+
+class ServeError(Exception):
+    """A request the server refuses: HTTP ``status``, the ``field`` at fault and why."""
+
+    def __init__(self, status: int, field: Optional[str], message: str, headers: Optional[dict] = None):
+        super().__init__(message)
+        self.status, self.field, self.message, self.headers = status, field, message, headers or {}
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="what was wrong and why")
+    field: Optional[str] = Field(None, description="the request field at fault (None: the request as a whole)")
+
+
+class GenerateResponse(BaseModel):
+    images: list[str] = Field(description="base64-encoded PNG images, in order")
+    seed: int = Field(description="the seed used (the one given, or the one drawn)")
+
+
+class AskResponse(BaseModel):
+    answer: str
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+    busy: bool = Field(description="the model is running a request now")
+    waiting: int = Field(description="requests waiting for the model")
+    limits: dict[str, float]
+
+
+def check_text(value: str, what: str) -> str:
+    """Text must be encodable as UTF-8 (no lone surrogates) and not blank."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"the {what} is not valid Unicode text (it holds a lone surrogate)") from None
+    if not value.strip():
+        raise ValueError(f"the {what} is empty or only whitespace")
+    return value
+
+
+def request_models(limits: ServeLimits):
+    """(GenerateRequest, AskRequest) carrying ``limits`` in their fields."""
+
+    class GenerateRequest(BaseModel):
+        """Text-to-image: ``num_images`` images for one prompt."""
+
+        model_config = ConfigDict(extra="forbid", strict=True)
+        prompt: str = Field(min_length=1, max_length=limits.max_prompt_chars,
+                            description="what to draw", examples=["a red circle above a blue square"])
+        num_images: int = Field(1, ge=1, le=limits.max_images_per_request)
+        steps: int = Field(30, ge=1, le=limits.max_steps, description="ODE steps")
+        guidance_scale: float = Field(2.0, ge=0.0, le=limits.max_guidance_scale, allow_inf_nan=False,
+                                      description="classifier-free guidance weight w (1 = no guidance)")
+        seed: Optional[int] = Field(None, ge=0, le=MAX_SEED, description="noise seed; null draws one")
+        solver: Literal[SOLVERS] = Field("euler", description="ODE solver")
+
+        @field_validator("prompt")
+        @classmethod
+        def _prompt(cls, value: str) -> str:
+            return check_text(value, "prompt")
+
+    class AskRequest(BaseModel):
+        """Image understanding: answer a question about one image."""
+
+        model_config = ConfigDict(extra="forbid", strict=True)
+        image: str = Field(min_length=1, max_length=limits.max_image_base64_chars + DATA_URL_PREFIX_CHARS,
+                           description="a PNG or JPEG image, base64-encoded (a data: URL prefix is allowed)")
+        question: str = Field(min_length=1, max_length=limits.max_question_chars,
+                              examples=["What is in this image?"])
+        max_new_tokens: int = Field(128, ge=1, le=limits.max_new_tokens)
+
+        @field_validator("question")
+        @classmethod
+        def _question(cls, value: str) -> str:
+            return check_text(value, "question")
+
+    return GenerateRequest, AskRequest
+
+
+# -- images ------------------------------------------------------------------------------------------
+_load_lock = threading.Lock()  # load_image changes the process's warning filters while it decodes
+IMAGE_FORMATS = ("PNG", "JPEG")
+
+
+def decode_image_bytes(data: bytes, limits: ServeLimits, field: str = "image"):
+    """Encoded PNG/JPEG bytes -> upright RGB PIL image, refusing what is over the limits.
+
+    The size is read from the header before any pixel is decoded, so a decompression bomb (a small
+    file declaring a huge image) is refused without allocating it.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from ..errors import InputError
+    from ..processor import load_image
+
+    if len(data) > limits.max_image_bytes:
+        raise ServeError(413, field, f"the image is {len(data)} bytes, over the limit of {limits.max_image_bytes}")
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            kind, (width, height) = header.format, header.size
+    except Image.DecompressionBombError:
+        raise ServeError(413, field, f"the image declares more than {limits.max_image_pixels} pixels") from None
+    except UnidentifiedImageError:
+        raise ServeError(422, field, "not an image file (no known image format starts this way)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ServeError(422, field, f"not a readable image ({e})") from None
+    if kind not in IMAGE_FORMATS:
+        raise ServeError(415, field, f"the image is {kind}; PNG and JPEG are accepted")
+    if width * height > limits.max_image_pixels:
+        raise ServeError(413, field, f"the image is {width}x{height} = {width * height} pixels, over the limit "
+                                     f"of {limits.max_image_pixels}")
+    try:
+        with _load_lock:
+            return load_image(data)
+    except InputError as e:
+        raise ServeError(422, field, str(e)) from None
+
+
+def decode_image_base64(text: str, limits: ServeLimits, field: str = "image"):
+    """A base64 string (optionally a ``data:image/...;base64,`` URL) -> RGB PIL image."""
+    if text.startswith("data:"):
+        head, comma, text = text.partition(",")
+        if not comma or not head.endswith(";base64"):
+            raise ServeError(422, field, "a data URL must look like data:image/png;base64,....")
+    if len(text) > limits.max_image_base64_chars:
+        raise ServeError(413, field, f"the image is over the limit of {limits.max_image_bytes} bytes")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ServeError(422, field, f"not valid base64 ({e})") from None
+    return decode_image_bytes(data, limits, field)
+
+
+def encode_png_base64(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
