@@ -1,0 +1,138 @@
+"""Recipe part 3: a small Llama LM (transformers `LlamaForCausalLM`) pre-trained on the world's text.
+
+Documents come from `corpus.sample_text` (descriptions, question/answer chats with the scene as
+text, prompt -> description chats), BOS first, EOS closing every assistant turn (the template's).
+Loss: next-token cross-entropy on every real token, padding masked, averaged over the tokens of
+the global batch:
+
+    loss = -(1 / T) sum_{b, i < len_b} log p(x_{b, i+1} | x_{b, <= i})
+
+Evaluation reads the world's logic back from text: for a fresh scene described in words, a
+question, greedy decoding until EOS, scored by `questions.score_answer` per form.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ...config import LanguageConfig
+from ...train.trainer import share
+from ..questions import describe, sample_question, score_answer
+from ..sampler import sample_scene
+from .corpus import chat_text, context_question, sample_text
+from .data import EVAL_SEED, batch_rng
+
+
+def default_language(vocab_size: int) -> LanguageConfig:
+    return LanguageConfig(vocab_size=vocab_size, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024)
+
+
+def tiny_language(vocab_size: int) -> LanguageConfig:
+    return LanguageConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256)
+
+
+def encode_documents(tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
+    """Right-padded (B, T) ids (BOS first) and labels (-100 at padding)."""
+    rows = [[tokenizer.bos_token_id] + tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    length = max(len(r) for r in rows)
+    ids = torch.full((len(rows), length), tokenizer.pad_token_id, dtype=torch.int64)
+    labels = torch.full((len(rows), length), -100, dtype=torch.int64)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = torch.tensor(row)
+        labels[i, :len(row)] = torch.tensor(row)
+    return {"ids": ids, "labels": labels}
+
+
+class LMObjective(nn.Module):
+    def __init__(self, cfg: LanguageConfig):
+        super().__init__()
+        from transformers import LlamaForCausalLM
+
+        self.cfg = cfg
+        self.llm = LlamaForCausalLM(cfg.to_llama())
+
+    def forward(self, batch: dict[str, torch.Tensor], totals: dict[str, float]):
+        ids, labels = batch["ids"], batch["labels"]
+        logits = self.llm(input_ids=ids, attention_mask=(labels != -100).long()).logits  # (B, T, V)
+        targets = labels[:, 1:]
+        ce = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+        loss = share(ce, totals, "ce_tokens")
+        return loss, {"ce": float(loss.detach())}
+
+
+class LMTask:
+    """Recipe part 3 as a `janusflow.train.TrainTask`. Batch `step` is a pure function of (seed, step)."""
+
+    def __init__(self, tokenizer, cfg: LanguageConfig | None = None, batch_size: int = 32, seed: int = 3):
+        self.tokenizer = tokenizer
+        self.cfg = cfg or default_language(len(tokenizer))
+        if self.cfg.vocab_size < len(tokenizer):
+            raise ValueError(f"vocab_size {self.cfg.vocab_size} < tokenizer size {len(tokenizer)}")
+        self.batch_size = batch_size
+        self.seed = seed
+        self.module = LMObjective(self.cfg)
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        return dict(self.module.named_parameters())
+
+    def micro_batches(self, step: int, shard) -> list[dict[str, torch.Tensor]]:
+        rng = batch_rng(self.seed, step)
+        texts = [sample_text(rng) for _ in range(self.batch_size)]
+        return [encode_documents(self.tokenizer, part) for part in shard.split(texts)]
+
+    def counts(self, batch) -> dict[str, float]:
+        real = int((batch["labels"] != -100).sum())
+        return {"samples": float(len(batch["ids"])), "tokens": float(real),
+                "ce_tokens": float(int((batch["labels"][:, 1:] != -100).sum()))}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def export(self, directory: Path) -> None:
+        self.module.llm.save_pretrained(directory)
+
+
+@torch.no_grad()
+def greedy_answers(llm, tokenizer, prompts: list[str], max_new_tokens: int = 24) -> list[str]:
+    """Greedy continuation of each prompt text (BOS prepended) until EOS, batched, left-padded."""
+    rows = [[tokenizer.bos_token_id] + tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+    length = max(len(r) for r in rows)
+    ids = torch.tensor([[tokenizer.pad_token_id] * (length - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (length - len(r)) + [1] * len(r) for r in rows])
+    out = llm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return [tokenizer.decode(row[length:], skip_special_tokens=True).strip() for row in out]
+
+
+@torch.no_grad()
+def evaluate_lm(llm, tokenizer, num_questions: int = 300, batch_size: int = 50,
+                seed: int = EVAL_SEED + 3) -> dict[str, float]:
+    """Text-only QA accuracy on fresh scenes: {"qa_acc": overall, "qa_<form>": per form}."""
+    was_training = llm.training
+    llm.eval()
+    rng = np.random.default_rng(seed)
+    items = []
+    for _ in range(num_questions):
+        scene = sample_scene(rng)
+        qa = sample_question(rng, scene)
+        items.append((qa, chat_text([(context_question(describe(scene), qa.question), "")])))
+    by_form: dict[str, list[bool]] = defaultdict(list)
+    for start in range(0, num_questions, batch_size):
+        chunk = items[start:start + batch_size]
+        for (qa, _), answer in zip(chunk, greedy_answers(llm, tokenizer, [p for _, p in chunk])):
+            by_form[qa.form].append(score_answer(qa.form, answer, qa.answer))
+    llm.train(was_training)
+    scores = {f"qa_{form}": float(np.mean(v)) for form, v in sorted(by_form.items())}
+    scores["qa_acc"] = float(np.mean([c for v in by_form.values() for c in v]))
+    return scores

@@ -1,0 +1,284 @@
+"""One command for the recipe's parts, in order, each resumable:
+
+    python -m janusflow.shapes.recipe.run [--run-dir runs/recipe] [--stages vae,tokenizer,siglip,lm]
+
+    vae        AutoencoderKL on fresh scenes                    -> parts/vae/
+    tokenizer  byte-level BPE on the world's text (seconds)     -> parts/tokenizer/
+    siglip     SigLIP image tower vs a small text tower         -> parts/und_encoder/
+    lm         Llama LM on the world's text                     -> parts/llm/
+
+A trained stage runs the shared trainer (`janusflow.train.Trainer`) in segments of
+`segment` steps under RUN_DIR/STAGE: each segment resumes from the newest checkpoint, trains,
+exports the EMA weights and evaluates them on fresh data (RUN_DIR/STAGE/eval.jsonl). A stage
+finishes when its evaluation meets its target or its step budget is spent; its export is copied
+(fp16) into the parts folder and RUN_DIR/STAGE/DONE.json records the final evaluation and the
+wall time. Finished stages are skipped. Stop at any moment (Ctrl-C or SIGTERM writes a
+checkpoint; a kill loses at most `save_every` steps) and rerun the same command to continue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+PARTS_DIR = Path(__file__).resolve().parents[2] / "default_model" / "parts"
+
+
+@dataclass
+class StageSettings:
+    steps: int  # step budget
+    segment: int  # steps between evaluations
+    batch_size: int
+    lr: float
+    warmup_steps: int = 100
+    ema_decay: float = 0.999
+    save_every: int = 100
+    target: float = 1.0  # the evaluation's key metric to reach (stage stops early when reached)
+
+
+@dataclass
+class RecipeSettings:
+    vae: StageSettings
+    siglip: StageSettings
+    lm: StageSettings
+    vae_size: str = "default"  # "default" or "tiny": VAEConfig preset
+    siglip_size: str = "default"
+    lm_size: str = "default"
+    vocab_size: int = 512
+    eval_scenes: int = 256  # per evaluation during training
+    final_eval_scenes: int = 1000  # evaluation of the shipped (fp16) artifact
+
+
+PRESETS: dict[str, RecipeSettings] = {
+    "default": RecipeSettings(
+        vae=StageSettings(steps=30_000, segment=500, batch_size=32, lr=1e-3, target=0.995),
+        siglip=StageSettings(steps=20_000, segment=500, batch_size=128, lr=1e-3, target=1.0),
+        lm=StageSettings(steps=20_000, segment=500, batch_size=32, lr=1e-3, target=1.0),
+    ),
+    # for tests: seconds, not hours
+    "tiny": RecipeSettings(
+        vae=StageSettings(steps=4, segment=2, batch_size=4, lr=1e-3, warmup_steps=1, save_every=2),
+        siglip=StageSettings(steps=4, segment=2, batch_size=8, lr=1e-3, warmup_steps=1, save_every=2),
+        lm=StageSettings(steps=4, segment=2, batch_size=4, lr=1e-3, warmup_steps=1, save_every=2),
+        vae_size="tiny", siglip_size="tiny", lm_size="tiny", vocab_size=320,
+        eval_scenes=4, final_eval_scenes=4,
+    ),
+}
+
+Metric = dict[str, float]
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _log(stage: str, text: str) -> None:
+    print(f"[recipe {stage}] {text}", flush=True)
+
+
+def train_stage(
+    name: str,
+    task,
+    settings: StageSettings,
+    stage_dir: Path,
+    evaluate: Callable[[Path], Metric],
+    key: str,
+    resolved: dict[str, Any],
+) -> tuple[Path, Metric]:
+    """Train `task` in segments until eval[key] >= settings.target or the budget is spent.
+    Returns the final export folder and its evaluation."""
+    from ...train import Trainer, TrainerConfig
+
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    progress_path = stage_dir / "progress.json"
+    progress = _read_json(progress_path) if progress_path.is_file() else {"train_seconds": 0.0, "evals": []}
+    while True:
+        last = progress["evals"][-1] if progress["evals"] else None
+        if last is not None and (last[key] >= settings.target or last["step"] >= settings.steps):
+            return stage_dir / "export", last
+        done = last["step"] if last else 0
+        goal = min(settings.steps, (done // settings.segment + 1) * settings.segment)
+        config = TrainerConfig(
+            run_dir=str(stage_dir), steps=goal, lr=settings.lr, warmup_steps=settings.warmup_steps,
+            ema_decay=settings.ema_decay, save_every=settings.save_every, log_every=10, progress=False,
+        )
+        start = time.perf_counter()
+        result = Trainer(task, config, resolved_config={**resolved, "trainer": dataclasses.asdict(config)}).fit()
+        progress["train_seconds"] += time.perf_counter() - start
+        if result["stopped"]:
+            _write_json(progress_path, progress)
+            _log(name, f"stopped at step {result['step']}; rerun the same command to continue")
+            sys.exit(130)
+        start = time.perf_counter()
+        metrics = {"step": goal, "train_seconds": round(progress["train_seconds"], 1),
+                   **evaluate(stage_dir / "export")}
+        metrics["eval_seconds"] = round(time.perf_counter() - start, 1)
+        progress["evals"].append(metrics)
+        _write_json(progress_path, progress)
+        with open(stage_dir / "eval.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(metrics) + "\n")
+        _log(name, " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+
+
+def finish(name: str, stage_dir: Path, part_dir: Path, record: dict[str, Any]) -> None:
+    _write_json(stage_dir / "DONE.json", record)
+    size = sum(p.stat().st_size for p in part_dir.rglob("*") if p.is_file())
+    _log(name, f"done: {part_dir} ({size / 1e6:.2f} MB) {json.dumps(record)}")
+
+
+# -- stages ---------------------------------------------------------------------------------------
+
+
+def stage_vae(settings: RecipeSettings, run_dir: Path, parts_dir: Path) -> None:
+    from diffusers import AutoencoderKL
+
+    from .vae import TINY_VAE, VAEConfig, VAETask, evaluate_vae
+
+    stage_dir, part_dir = run_dir / "vae", parts_dir / "vae"
+    cfg = TINY_VAE if settings.vae_size == "tiny" else VAEConfig()
+    s = settings.vae
+    task = VAETask(cfg, batch_size=s.batch_size, seed=1)
+
+    def evaluate(export: Path) -> Metric:
+        vae = AutoencoderKL.from_pretrained(export)
+        return {**evaluate_vae(vae, settings.eval_scenes), "scaling_factor": vae.config.scaling_factor}
+
+    resolved = {"stage": "vae", "vae": dataclasses.asdict(cfg), "settings": dataclasses.asdict(s)}
+    export, last = train_stage("vae", task, s, stage_dir, evaluate, "read_exact", resolved)
+    # ship fp16 weights; evaluate exactly what ships (loaded back in fp32) on more fresh scenes
+    shutil.rmtree(part_dir, ignore_errors=True)
+    AutoencoderKL.from_pretrained(export).to(torch.float16).save_pretrained(part_dir)
+    shipped = AutoencoderKL.from_pretrained(part_dir, torch_dtype=torch.float32)
+    start = time.perf_counter()
+    final = evaluate_vae(shipped, settings.final_eval_scenes, seed=20_000_003)
+    final["seconds_per_image"] = (time.perf_counter() - start) / settings.final_eval_scenes
+    finish("vae", stage_dir, part_dir, {"train": last, "shipped_fp16": final,
+                                        "scaling_factor": shipped.config.scaling_factor,
+                                        "parameters": sum(p.numel() for p in shipped.parameters())})
+
+
+def stage_tokenizer(settings: RecipeSettings, run_dir: Path, parts_dir: Path) -> None:
+    from ...tokenizer_build import build_tokenizer
+    from .corpus import tokenizer_corpus
+
+    stage_dir, part_dir = run_dir / "tokenizer", parts_dir / "tokenizer"
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    shutil.rmtree(part_dir, ignore_errors=True)
+    tokenizer = build_tokenizer(tokenizer_corpus(), settings.vocab_size, part_dir)
+    finish("tokenizer", stage_dir, part_dir, {"vocab_size": len(tokenizer), "seconds": time.perf_counter() - start})
+
+
+def _tokenizer(parts_dir: Path):
+    from transformers import AutoTokenizer
+
+    path = parts_dir / "tokenizer"
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is missing: run the tokenizer stage first (--stages tokenizer)")
+    return AutoTokenizer.from_pretrained(path)
+
+
+def stage_siglip(settings: RecipeSettings, run_dir: Path, parts_dir: Path) -> None:
+    from transformers import SiglipVisionModel
+
+    from .siglip import SiglipConfig, SiglipTask, evaluate_siglip, tiny_siglip
+
+    stage_dir, part_dir = run_dir / "siglip", parts_dir / "und_encoder"
+    tokenizer = _tokenizer(parts_dir)
+    cfg = tiny_siglip() if settings.siglip_size == "tiny" else SiglipConfig()
+    s = settings.siglip
+    task = SiglipTask(tokenizer, cfg, batch_size=s.batch_size, seed=2)
+
+    def evaluate(export: Path) -> Metric:
+        # the EMA weights, as exported, into a fresh pair
+        from transformers import SiglipTextModel
+
+        pair = SiglipTask(tokenizer, cfg, batch_size=s.batch_size).module
+        pair.vision = SiglipVisionModel.from_pretrained(export / "und_encoder")
+        pair.text = SiglipTextModel.from_pretrained(export / "text_tower")
+        head = _read_json(export / "siglip_head.json")
+        with torch.no_grad():
+            pair.log_temperature.fill_(float(np.log(head["temperature"])))
+            pair.bias.fill_(head["bias"])
+        return {**evaluate_siglip(pair, tokenizer, settings.eval_scenes), **head}
+
+    resolved = {"stage": "siglip", "siglip": dataclasses.asdict(cfg), "settings": dataclasses.asdict(s)}
+    export, last = train_stage("siglip", task, s, stage_dir, evaluate, "describe_top1", resolved)
+    shutil.rmtree(part_dir, ignore_errors=True)
+    SiglipVisionModel.from_pretrained(export / "und_encoder").to(torch.float16).save_pretrained(part_dir)
+    finish("siglip", stage_dir, part_dir, {"train": last, "vision": dataclasses.asdict(cfg.vision),
+                                           "parameters": sum(p.numel() for p in task.module.vision.parameters())})
+
+
+def stage_lm(settings: RecipeSettings, run_dir: Path, parts_dir: Path) -> None:
+    from transformers import LlamaForCausalLM
+
+    from .lm import LMTask, default_language, evaluate_lm, tiny_language
+
+    stage_dir, part_dir = run_dir / "lm", parts_dir / "llm"
+    tokenizer = _tokenizer(parts_dir)
+    cfg = (tiny_language if settings.lm_size == "tiny" else default_language)(len(tokenizer))
+    s = settings.lm
+    task = LMTask(tokenizer, cfg, batch_size=s.batch_size, seed=3)
+
+    def evaluate(export: Path) -> Metric:
+        return evaluate_lm(LlamaForCausalLM.from_pretrained(export), tokenizer, settings.eval_scenes)
+
+    resolved = {"stage": "lm", "language": dataclasses.asdict(cfg), "settings": dataclasses.asdict(s)}
+    export, last = train_stage("lm", task, s, stage_dir, evaluate, "qa_acc", resolved)
+    shutil.rmtree(part_dir, ignore_errors=True)
+    LlamaForCausalLM.from_pretrained(export).to(torch.float16).save_pretrained(part_dir)
+    finish("lm", stage_dir, part_dir, {"train": last, "language": dataclasses.asdict(cfg),
+                                       "parameters": sum(p.numel() for p in task.module.parameters())})
+
+
+STAGES: dict[str, Callable[[RecipeSettings, Path, Path], None]] = {
+    "vae": stage_vae,
+    "tokenizer": stage_tokenizer,
+    "siglip": stage_siglip,
+    "lm": stage_lm,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", default="runs/recipe", help="checkpoints, logs, evaluations")
+    parser.add_argument("--parts-dir", default=str(PARTS_DIR), help="where finished artifacts are copied")
+    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, from {list(STAGES)}")
+    parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    settings = PRESETS[args.preset]
+    run_dir, parts_dir = Path(args.run_dir), Path(args.parts_dir)
+    stages = [s for s in args.stages.split(",") if s]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        parser.error(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
+    for name in stages:
+        if (run_dir / name / "DONE.json").is_file():
+            _log(name, f"already done ({run_dir / name / 'DONE.json'}); skipped")
+            continue
+        _log(name, "starting")
+        STAGES[name](settings, run_dir, parts_dir)
+
+
+if __name__ == "__main__":
+    main()

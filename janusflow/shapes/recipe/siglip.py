@@ -1,0 +1,224 @@
+"""Recipe part 2: the understanding encoder, pre-trained with SigLIP's sigmoid image-text loss.
+
+Image tower: transformers `SiglipVisionModel` built from an `UnderstandingVisionConfig` (what
+`janusflow.und_vision.UnderstandingEncoder` wraps), with its attention-pool head giving the image
+embedding. Text tower: transformers `SiglipTextModel` over the world's tokenizer, captions padded
+to `max_text_tokens` and pooled at the last position, as SigLIP does. Both embeddings are
+L2-normalised; for images x_i and captions y_j of a batch of B,
+
+    logit_ij = t * <x_i, y_j> + b,      t = exp(t'), learnable t' (init log 10) and b (init -10)
+    loss     = -(1 / B) sum_i sum_j log sigmoid(z_ij * logit_ij)
+
+with z_ij = +1 where caption j is true of image i and -1 elsewhere. SigLIP sets z = +1 on the
+diagonal only; here a caption's truth is known exactly (the scorer's `passes` for prompts, equality
+for descriptions), so the off-diagonal pairs that are also true ("a circle" for two images with
+circles) are labelled true instead of being pushed apart.
+
+Captions: with probability `description_share` the scene's description (`describe the image.`:
+every object, left to right), else a true prompt of a random category (`caption_for_scene`).
+JanusFlow reads the tower's token features (last_hidden_state), not the pooled vector; the
+pooled loss trains them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ...config import UnderstandingVisionConfig
+from ...train.trainer import share
+from ..prompts import all_prompts, caption_for_scene, parse_prompt
+from ..questions import describe
+from ..scorer import passes
+from ..world import CATEGORIES, Scene
+from .data import EVAL_SEED, batch_rng, scene_images
+
+
+def default_vision() -> UnderstandingVisionConfig:
+    """64 x 64 images, patch 8: an 8 x 8 token grid (the generation grid: latent 16 / patch 2)."""
+    return UnderstandingVisionConfig(image_size=64, patch_size=8, width=128, num_layers=4, num_heads=4,
+                                     mlp_dim=512, use_attention_pool=True)
+
+
+@dataclass
+class SiglipConfig:
+    vision: UnderstandingVisionConfig = field(default_factory=default_vision)
+    text_width: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    text_mlp: int = 512
+    max_text_tokens: int = 24
+    init_log_temperature: float = math.log(10.0)
+    init_bias: float = -10.0
+    description_share: float = 0.5
+
+    def text_config(self, vocab_size: int, pad_id: int, eos_id: int):
+        from transformers import SiglipTextConfig
+
+        return SiglipTextConfig(
+            vocab_size=vocab_size, hidden_size=self.text_width, intermediate_size=self.text_mlp,
+            num_hidden_layers=self.text_layers, num_attention_heads=self.text_heads,
+            max_position_embeddings=self.max_text_tokens, projection_size=self.vision.width,
+            pad_token_id=pad_id, bos_token_id=None, eos_token_id=eos_id,
+        )
+
+
+def tiny_siglip() -> SiglipConfig:
+    return SiglipConfig(
+        vision=UnderstandingVisionConfig(image_size=64, patch_size=16, width=16, num_layers=1, num_heads=2,
+                                         mlp_dim=32, use_attention_pool=True),
+        text_width=16, text_layers=1, text_heads=2, text_mlp=32,
+    )
+
+
+def sigmoid_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-image SigLIP loss, (B,): -sum_j log sigmoid(z_ij * logit_ij); `labels` z in {-1, +1}."""
+    return -F.logsigmoid(labels * logits).sum(1)
+
+
+class SiglipPair(nn.Module):
+    """Image tower + text tower + temperature and bias. forward(batch, totals) -> (loss share, logs)."""
+
+    def __init__(self, cfg: SiglipConfig, vocab_size: int, pad_id: int, eos_id: int):
+        super().__init__()
+        from transformers import SiglipTextModel, SiglipVisionModel
+
+        self.cfg = cfg
+        self.vision = SiglipVisionModel(cfg.vision.to_siglip())
+        self.text = SiglipTextModel(cfg.text_config(vocab_size, pad_id, eos_id))
+        self.log_temperature = nn.Parameter(torch.tensor(cfg.init_log_temperature))
+        self.bias = nn.Parameter(torch.tensor(cfg.init_bias))
+
+    def embed_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) in [-1, 1] -> (B, D) unit vectors."""
+        return F.normalize(self.vision(pixel_values=pixels).pooler_output, dim=-1)
+
+    def embed_texts(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) padded ids -> (B, D) unit vectors."""
+        return F.normalize(self.text(input_ids=ids).pooler_output, dim=-1)
+
+    def logits(self, images: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
+        """(B_img, D), (B_txt, D) -> (B_img, B_txt)."""
+        return images @ texts.T * self.log_temperature.exp() + self.bias
+
+    def forward(self, batch: dict[str, torch.Tensor], totals: dict[str, float]):
+        logits = self.logits(self.embed_images(batch["pixels"]), self.embed_texts(batch["ids"]))  # (B, B)
+        per_image = sigmoid_loss(logits, batch["labels"])
+        loss = share(per_image.sum(), totals, "samples")
+        return loss, {"siglip": float(loss.detach()), "temperature": float(self.log_temperature.exp().detach()),
+                      "bias": float(self.bias.detach())}
+
+
+def encode_captions(tokenizer, captions: list[str], length: int) -> torch.Tensor:
+    """(B, length) ids, no BOS, right-padded with the pad id (truncation is an error)."""
+    rows = [tokenizer.encode(c, add_special_tokens=False) for c in captions]
+    longest = max(len(r) for r in rows)
+    if longest > length:
+        raise ValueError(f"a caption has {longest} tokens, over max_text_tokens = {length}")
+    return torch.tensor([r + [tokenizer.pad_token_id] * (length - len(r)) for r in rows], dtype=torch.int64)
+
+
+def caption_is_true(caption: str, scene: Scene) -> bool:
+    """A description is true of the scene with exactly that description; a prompt when it passes."""
+    try:
+        prompt = parse_prompt(caption)
+    except ValueError:
+        return describe(scene) == caption
+    return passes(prompt, scene.objects)
+
+
+def true_matrix(scenes: list[Scene], captions: list[str]) -> torch.Tensor:
+    """(B_img, B_txt) in {-1, +1}: +1 where caption j is true of scene i."""
+    truth = [[caption_is_true(c, s) for c in captions] for s in scenes]
+    return torch.tensor(truth, dtype=torch.float32) * 2 - 1
+
+
+class SiglipTask:
+    """Recipe part 2 as a `janusflow.train.TrainTask`. Batch `step` is a pure function of (seed, step)."""
+
+    def __init__(self, tokenizer, cfg: SiglipConfig | None = None, batch_size: int = 128, seed: int = 2):
+        self.cfg = cfg or SiglipConfig()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.seed = seed
+        self.module = SiglipPair(self.cfg, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
+
+    def captions(self, rng: np.random.Generator, scenes: list[Scene]) -> list[str]:
+        return [describe(s) if rng.random() < self.cfg.description_share else caption_for_scene(rng, s)[1]
+                for s in scenes]
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        return dict(self.module.named_parameters())
+
+    def micro_batches(self, step: int, shard) -> list[dict[str, torch.Tensor]]:
+        rng = batch_rng(self.seed, step)
+        scenes, pixels = scene_images(rng, self.batch_size)
+        captions = self.captions(rng, scenes)
+        batches = []
+        for m in range(shard.grad_accum):
+            lo, hi = shard.bounds(len(scenes), m)  # each micro-batch is its own contrastive batch
+            batches.append({
+                "pixels": pixels[lo:hi],
+                "ids": encode_captions(self.tokenizer, captions[lo:hi], self.cfg.max_text_tokens),
+                "labels": true_matrix(scenes[lo:hi], captions[lo:hi]),
+            })
+        return batches
+
+    def counts(self, batch) -> dict[str, float]:
+        return {"samples": float(len(batch["pixels"]))}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def export(self, directory: Path) -> None:
+        """directory/und_encoder (the image tower, what JanusFlow uses), directory/text_tower, and
+        directory/siglip_head.json (temperature, bias)."""
+        import json
+
+        directory = Path(directory)
+        self.module.vision.save_pretrained(directory / "und_encoder")
+        self.module.text.save_pretrained(directory / "text_tower")
+        head = {"temperature": float(self.module.log_temperature.detach().exp()), "bias": float(self.module.bias.detach())}
+        (directory / "siglip_head.json").write_text(json.dumps(head) + "\n", encoding="utf-8")
+
+
+@torch.no_grad()
+def evaluate_siglip(pair: SiglipPair, tokenizer, num_scenes: int = 256, seed: int = EVAL_SEED + 2) -> dict[str, float]:
+    """On fresh scenes:
+
+    describe_top1   image -> text retrieval among the scenes' own descriptions: the best-scoring
+                    description is the image's (string equal; ties between equal scenes count right)
+    prompt_acc      every image against all 240 prompts, read as true when logit > 0: accuracy
+                    against the scorer's `passes`; prompt_bal_acc: mean of the true- and
+                    false-pair accuracies
+    """
+    was_training = pair.training
+    pair.eval()
+    rng = np.random.default_rng(seed)
+    scenes, pixels = scene_images(rng, num_scenes)
+    images = torch.cat([pair.embed_images(pixels[i:i + 128]) for i in range(0, num_scenes, 128)])
+    descriptions = [describe(s) for s in scenes]
+    length = pair.cfg.max_text_tokens
+    texts = pair.embed_texts(encode_captions(tokenizer, descriptions, length))
+    best = pair.logits(images, texts).argmax(1).tolist()
+    describe_top1 = float(np.mean([descriptions[j] == descriptions[i] for i, j in enumerate(best)]))
+
+    prompts = [p for tag in CATEGORIES for p in all_prompts(tag)]
+    prompt_texts = pair.embed_texts(encode_captions(tokenizer, [p.text for p in prompts], length))
+    said = (pair.logits(images, prompt_texts) > 0).numpy()  # (N, 240)
+    truth = np.array([[passes(p, s.objects) for p in prompts] for s in scenes])
+    pair.train(was_training)
+    return {
+        "describe_top1": describe_top1,
+        "prompt_acc": float((said == truth).mean()),
+        "prompt_bal_acc": float(0.5 * (said[truth].mean() + (~said[~truth]).mean())),
+    }
