@@ -228,6 +228,9 @@ def chat(args: argparse.Namespace) -> int:
         conversation.add_assistant(session.processor.decode(result.tokens[0]).strip())
 
 
+from .serve import cli as _serve_cli  # noqa: E402,F401  registers "serve" (janusflow/serve/cli.py)
+
+
 # -- entry point ----------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
