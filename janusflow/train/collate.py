@@ -1,0 +1,215 @@
+"""Samples -> tensors: tokens with answer-only labels, image crops, prompt dropout, noise and times.
+
+Understanding: the conversation is rendered with the processor's "deepseek" template, tokenized
+once (with character offsets), and a token is a target exactly when it overlaps an Assistant
+answer (its text and the EOS that closes it); system prompt, User turns, role names and every
+image position (boi, image slots, eoi) get label -100. Images are padded to square as at
+inference (``preprocess_image``). Text: every token after BOS is a target, EOS appended.
+
+Generation: the image is resized (short side) and randomly cropped to a square of the latent
+encoder's size; the same crop, preprocessed for understanding, is the REPA target's input. With
+probability ``prompt_dropout`` the prompt row is replaced by its unconditional row from
+:func:`janusflow.processor.make_uncond`, the one function the sampler uses for guidance. Every
+random number of a sample (crop, dropout, t, x0) comes from a generator seeded by
+(seed, global slot), so processes and resumed runs draw the same values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import InputError
+from ..flow import sample_time
+from ..processor import left_pad, load_image, make_uncond, preprocess_image
+from .samples import CaptionSample, ConversationSample, TextSample
+from .sources import sample_generator
+
+IGNORE = -100
+
+
+@dataclass
+class CEBatch:
+    """Left-padded rows for next-token cross-entropy (understanding or text)."""
+
+    input_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T)
+    labels: torch.Tensor  # (B, T), IGNORE where no loss; label[i] is the token at position i
+    pixel_values: torch.Tensor | None = None  # (B, M, 3, S, S)
+    images_seq_mask: torch.Tensor | None = None  # (B, T)
+    images_emb_mask: torch.Tensor | None = None  # (B, M, 1 + P)
+
+    @property
+    def num_targets(self) -> int:
+        return int((self.labels[:, 1:] != IGNORE).sum())
+
+
+@dataclass
+class GenBatch:
+    """Rectified-flow rows: prompts (dropped rows already unconditional), x0, t and the image."""
+
+    input_ids: torch.Tensor  # (B, L), left padded, each row ending with the generation tag
+    attention_mask: torch.Tensor  # (B, L)
+    dropped: torch.Tensor  # (B,) bool, rows replaced by make_uncond
+    x0: torch.Tensor  # (B, C, H, W) noise
+    t: torch.Tensor  # (B,) in (0, 1)
+    latents: torch.Tensor | None = None  # (B, C, H, W) x1, when cached (else encoded from gen_pixels)
+    gen_pixels: torch.Tensor | None = None  # (B, 3, P, P) in [-1, 1], for the latent encoder
+    und_pixels: torch.Tensor | None = None  # (B, 3, S, S), REPA target input
+    und_features: torch.Tensor | None = None  # (B, N, W), cached REPA target
+
+
+@dataclass
+class JanusFlowBatch:
+    und: CEBatch | None = None
+    text: CEBatch | None = None
+    gen: GenBatch | None = None
+    skipped: int = 0
+
+
+@dataclass
+class CollateConfig:
+    latent_shape: tuple[int, int, int]  # (C, H, W)
+    gen_image_size: int  # pixel side the latent encoder takes
+    prompt_dropout: float = 0.1
+    time_distribution: str = "logit_normal"
+    time_mean: float = 0.0
+    time_std: float = 1.0
+    repa: bool = True
+    max_text_tokens: int = 1024
+    seed: int = 0
+
+
+# -- understanding and text ------------------------------------------------------------------------
+
+def answer_spans(processor, sample: ConversationSample) -> tuple[str, list[tuple[int, int]]]:
+    """The templated text and the [start, end) character span of every Assistant answer + EOS."""
+    text = processor.apply_sft_template(sample.messages, system_prompt=sample.system)
+    eos = processor.tokenizer.eos_token or ""
+    spans = []
+    for i, message in enumerate(sample.messages):
+        if i % 2 == 0 or not message["content"].strip():
+            continue
+        head = processor.apply_sft_template(sample.messages[:i] + [{"role": "Assistant", "content": ""}],
+                                            system_prompt=sample.system)
+        start = len(head) + 1  # "Assistant:" + " " + answer
+        answer = message["content"].strip() + eos
+        if text[start:start + len(answer)] != answer:
+            raise InputError("could not locate an Assistant answer in the templated conversation")
+        spans.append((start, start + len(answer)))
+    if not spans:
+        raise InputError("the conversation has no Assistant answer to learn from")
+    return text, spans
+
+
+def encode_conversation(processor, sample: ConversationSample) -> tuple[list[int], list[int], torch.Tensor]:
+    """(ids, labels, pixel_values) with each image expanded to boi, P x image, eoi (all unlabelled)."""
+    text, spans = answer_spans(processor, sample)
+    encoded = processor.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, labels = [processor.bos_id], [IGNORE]
+    image_block = [processor.boi_id] + [processor.image_id] * processor.num_image_tokens + [processor.eoi_id]
+    for token, (lo, hi) in zip(encoded["input_ids"], encoded["offset_mapping"]):
+        if token == processor.image_id:
+            ids += image_block
+            labels += [IGNORE] * len(image_block)
+            continue
+        ids.append(token)
+        labels.append(token if any(lo < end and hi > start for start, end in spans) else IGNORE)
+    images = sample.images
+    placeholders = encoded["input_ids"].count(processor.image_id)
+    if placeholders != len(images):
+        raise InputError(f"the conversation has {placeholders} image placeholders but {len(images)} images")
+    if processor.max_length is not None and len(ids) > processor.max_length:
+        raise InputError(f"the conversation is {len(ids)} tokens, over max_length {processor.max_length}")
+    size = processor.image_size
+    pixels = (torch.stack([preprocess_image(im, size, processor.min_size) for im in images]) if images
+              else torch.zeros((0, 3, size, size)))
+    return ids, labels, pixels
+
+
+def encode_text(processor, sample: TextSample, max_tokens: int) -> tuple[list[int], list[int]]:
+    ids = processor.encode_text(sample.text)[: max_tokens - 1]
+    if processor.eos_id is not None:
+        ids.append(processor.eos_id)
+    return ids, [IGNORE] + ids[1:]
+
+
+def ce_batch(rows: list[tuple[list[int], list[int]]], pad_id: int) -> CEBatch:
+    """Text rows (ids, labels) -> a left-padded CEBatch without images."""
+    ids, mask = left_pad([r[0] for r in rows], pad_id)
+    labels, _ = left_pad([r[1] for r in rows], IGNORE)
+    return CEBatch(ids, mask, labels)
+
+
+def und_batch(processor, encoded: list[tuple[list[int], list[int], torch.Tensor]]) -> CEBatch:
+    from ..processor import UnderstandingSample
+
+    base = processor.batchify([UnderstandingSample("", torch.tensor(ids), px) for ids, _, px in encoded])
+    labels, _ = left_pad([labels for _, labels, _ in encoded], IGNORE)
+    return CEBatch(base.input_ids, base.attention_mask, labels, base.pixel_values, base.images_seq_mask,
+                   base.images_emb_mask)
+
+
+# -- generation ------------------------------------------------------------------------------------
+
+def crop_square(image: Image.Image, size: int, generator: torch.Generator) -> Image.Image:
+    """Resize the short side to ``size`` (bicubic), then a random ``size`` x ``size`` crop."""
+    width, height = image.size
+    scale = size / min(width, height)
+    new = (max(size, round(width * scale)), max(size, round(height * scale)))
+    if new != image.size:
+        image = image.resize(new, Image.Resampling.BICUBIC)
+    left = int(torch.randint(0, new[0] - size + 1, (1,), generator=generator))
+    top = int(torch.randint(0, new[1] - size + 1, (1,), generator=generator))
+    return image.crop((left, top, left + size, top + size))
+
+
+def to_pixels(image: Image.Image) -> torch.Tensor:
+    """8-bit RGB -> (3, H, W) float32 in [-1, 1]."""
+    array = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+    return array.float() / 127.5 - 1.0
+
+
+class GenItem:
+    """One prepared generation row (prompt ids, random draws, pixels or cached tensors)."""
+
+    def __init__(self, processor, sample: CaptionSample, cfg: CollateConfig, slot: int):
+        g = sample_generator(cfg.seed, "gen", slot)
+        self.ids = processor.encode_generation_prompt(sample.caption)
+        self.latent, self.features = sample.latent, sample.und_features
+        self.gen_pixels = self.und_pixels = None
+        if self.latent is None or (cfg.repa and self.features is None):
+            if sample.image is None:
+                raise InputError("a generation sample needs an image or a cached latent")
+            crop = crop_square(load_image(sample.image), cfg.gen_image_size, g)
+            self.gen_pixels = to_pixels(crop) if self.latent is None else None
+            if cfg.repa and self.features is None:
+                self.und_pixels = preprocess_image(crop, processor.image_size, processor.min_size)
+        else:
+            torch.randint(0, 1, (2,), generator=g)  # keep the draws below the same with or without a cache
+        self.dropped = bool(torch.rand(1, generator=g) < cfg.prompt_dropout)
+        self.t = sample_time(1, cfg.time_distribution, cfg.time_mean, cfg.time_std, generator=g)
+        self.x0 = torch.randn(cfg.latent_shape, generator=g)
+
+
+def gen_batch(processor, items: list[GenItem]) -> GenBatch:
+    ids, mask = left_pad([item.ids for item in items], processor.pad_id)
+    dropped = torch.tensor([item.dropped for item in items])
+    uncond_ids, uncond_mask = make_uncond(ids, mask, processor.pad_id)
+    ids = torch.where(dropped[:, None], uncond_ids, ids)
+    mask = torch.where(dropped[:, None], uncond_mask, mask)
+
+    def stack(name):
+        values = [getattr(item, name) for item in items]
+        if all(v is None for v in values):
+            return None
+        if any(v is None for v in values):  # some rows cached and some not: the cache is all or nothing
+            raise InputError(f"mixed cached and uncached {name} in one batch")
+        return torch.stack(values)
+
+    return GenBatch(ids, mask, dropped, torch.stack([i.x0 for i in items]), torch.cat([i.t for i in items]),
+                    latents=stack("latent"), gen_pixels=stack("gen_pixels"), und_pixels=stack("und_pixels"),
+                    und_features=stack("features"))
