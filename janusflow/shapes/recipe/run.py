@@ -163,7 +163,7 @@ def stage_vae(settings: RecipeSettings, run_dir: Path, parts_dir: Path) -> None:
     export, last = train_stage("vae", task, s, stage_dir, evaluate, "read_exact", resolved)
     # ship fp16 weights; evaluate exactly what ships (loaded back in fp32) on more fresh scenes
     shutil.rmtree(part_dir, ignore_errors=True)
-    AutoencoderKL.from_pretrained(export).to(torch.float16).save_pretrained(part_dir)
+    AutoencoderKL.from_pretrained(export, torch_dtype=torch.float16).save_pretrained(part_dir)
     shipped = AutoencoderKL.from_pretrained(part_dir, torch_dtype=torch.float32)
     start = time.perf_counter()
     final = evaluate_vae(shipped, settings.final_eval_scenes, seed=20_000_003)

@@ -1,0 +1,140 @@
+"""The shapes recipe's parts 1-3 (janusflow.shapes.recipe): losses, labels, data, and a smoke run
+of every stage on tiny sizes through the shared trainer, with resume and skip of finished stages."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from janusflow.shapes import Obj, Scene, describe, render_array
+from janusflow.shapes.recipe import run
+from janusflow.shapes.recipe.corpus import chat_text, tokenizer_corpus
+from janusflow.shapes.recipe.data import batch_rng, read_matches, scene_images, to_pixels, to_uint8
+from janusflow.shapes.recipe.siglip import caption_is_true, sigmoid_loss, true_matrix
+from janusflow.shapes.recipe.vae import TINY_VAE, build_vae, edge_mask, measure_scaling_factor, vae_loss_terms
+
+SCENE = Scene((Obj("circle", "red", 4, 6, 16), Obj("square", "blue", 30, 30, 14)))
+
+
+def test_batches_are_a_function_of_seed_and_step():
+    _, a = scene_images(batch_rng(1, 7), 4)
+    _, b = scene_images(batch_rng(1, 7), 4)
+    _, c = scene_images(batch_rng(1, 8), 4)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == (4, 3, 64, 64) and a.min() == -1 and a.max() == 1
+
+
+def test_pixels_round_trip_exactly():
+    image = render_array(SCENE)[None]
+    assert np.array_equal(to_uint8(to_pixels(image)), image)
+
+
+def test_read_matches_needs_the_objects_and_their_places():
+    image = render_array(SCENE)
+    assert read_matches(SCENE, image)
+    shifted = np.roll(image, 2, axis=1)  # everything 2 px to the right
+    assert not read_matches(SCENE, shifted, tolerance=1.0)
+    assert read_matches(SCENE, shifted, tolerance=2.0)
+    recoloured = Scene((Obj("circle", "green", 4, 6, 16), SCENE.objects[1]))
+    assert not read_matches(recoloured, image)
+
+
+def test_edge_mask_marks_both_sides_of_a_colour_change():
+    pixels = -torch.ones(1, 3, 6, 6)
+    pixels[..., 2:4, 2:4] = 1.0  # a 2 x 2 block
+    mask = edge_mask(pixels)[0, 0]
+    assert mask[2:4, 2:4].all()  # the block's pixels all touch white
+    assert mask[1, 2] == 1 and mask[2, 1] == 1 and mask[1, 1] == 0  # 4-neighbours only
+    assert mask.sum() == 4 + 8
+
+
+def test_vae_shapes_loss_terms_and_scaling_factor():
+    torch.manual_seed(0)
+    vae = build_vae(TINY_VAE)
+    _, pixels = scene_images(batch_rng(0, 0), 3)
+    assert vae.encode(pixels).latent_dist.mode().shape == (3, 4, 32, 32)  # (8, 16): one downsampling
+    terms = vae_loss_terms(vae, pixels, TINY_VAE)
+    assert all(v.shape == (3,) for v in terms.values())
+    expected = (terms["l1"] + TINY_VAE.mse_weight * terms["mse"] + TINY_VAE.edge_weight * terms["edge"]
+                + TINY_VAE.kl_weight * terms["kl"])
+    assert torch.allclose(terms["loss"], expected)
+    scale = measure_scaling_factor(vae, num_scenes=8, batch_size=8, seed=5)
+    _, pixels = scene_images(np.random.default_rng(5), 8)
+    with torch.no_grad():
+        latents = vae.encode(pixels).latent_dist.mode()
+    assert float((latents * scale).std()) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_sigmoid_loss_matches_the_formula():
+    logits = torch.tensor([[2.0, -1.0], [0.5, 3.0]])
+    labels = torch.tensor([[1.0, -1.0], [-1.0, 1.0]])
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    want = [-(math.log(sig(2.0)) + math.log(sig(1.0))), -(math.log(sig(-0.5)) + math.log(sig(3.0)))]
+    assert torch.allclose(sigmoid_loss(logits, labels), torch.tensor(want))
+
+
+def test_caption_labels_are_the_truth():
+    other = Scene((Obj("circle", "green", 40, 6, 16),))
+    assert caption_is_true(describe(SCENE), SCENE) and not caption_is_true(describe(SCENE), other)
+    assert caption_is_true("a circle", SCENE) and caption_is_true("a circle", other)
+    assert not caption_is_true("a red circle", other)
+    labels = true_matrix([SCENE, other], [describe(SCENE), "a circle", "a green circle"])
+    assert labels.tolist() == [[1, 1, -1], [-1, 1, 1]]
+
+
+def test_chat_text_is_the_processors_template():
+    from janusflow.processor import JanusFlowProcessor
+    from janusflow.tokenizer_build import build_tokenizer
+
+    tokenizer = build_tokenizer(list(tokenizer_corpus(num_scenes=20)), 300)
+    processor = JanusFlowProcessor(tokenizer, image_size=64, num_image_tokens=64)
+    turns = [("a red circle\nhow many shapes are there?", "one"), ("is there a red circle?", "yes")]
+    conversation = [{"role": r, "content": c} for u, a in turns for r, c in (("User", u), ("Assistant", a))]
+    assert chat_text(turns) == processor.apply_sft_template(conversation)
+    open_turn = [{"role": "User", "content": "a red circle"}, {"role": "Assistant", "content": ""}]
+    assert chat_text([("a red circle", "")], system_prompt="") == processor.apply_sft_template(open_turn, "")
+
+
+def test_recipe_smoke_run_resumes_and_skips(tmp_path, capsys):
+    run_dir, parts = tmp_path / "run", tmp_path / "parts"
+    tiny = run.PRESETS["tiny"]
+    half = dataclasses.replace(tiny, vae=dataclasses.replace(tiny.vae, steps=2))
+    run.PRESETS["tiny-half"] = half
+    try:
+        run.main(["--preset", "tiny-half", "--run-dir", str(run_dir), "--parts-dir", str(parts), "--stages", "vae"])
+    finally:
+        del run.PRESETS["tiny-half"]
+    # the half run is done; forget that so the full budget continues from its checkpoint
+    (run_dir / "vae" / "DONE.json").unlink()
+    args = ["--preset", "tiny", "--run-dir", str(run_dir), "--parts-dir", str(parts)]
+    run.main(args)
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "step-00000002" in out
+    evals = json.loads((run_dir / "vae" / "progress.json").read_text())["evals"]
+    assert [e["step"] for e in evals] == [2, 4]
+
+    from diffusers import AutoencoderKL
+    from transformers import AutoTokenizer, LlamaForCausalLM, SiglipVisionModel
+
+    from safetensors.torch import load_file
+
+    assert all(t.dtype == torch.float16 for t in load_file(parts / "vae" / "diffusion_pytorch_model.safetensors").values())
+    vae = AutoencoderKL.from_pretrained(parts / "vae")
+    assert vae.config.scaling_factor == pytest.approx(evals[-1]["scaling_factor"])
+    tokenizer = AutoTokenizer.from_pretrained(parts / "tokenizer")
+    assert tokenizer.decode(tokenizer.encode("a red circle", add_special_tokens=False)) == "a red circle"
+    encoder = SiglipVisionModel.from_pretrained(parts / "und_encoder")
+    assert encoder(pixel_values=torch.zeros(1, 3, 64, 64, dtype=encoder.dtype)).last_hidden_state.shape[1] == 16
+    llm = LlamaForCausalLM.from_pretrained(parts / "llm")
+    assert llm.config.vocab_size == len(tokenizer)
+    for stage in run.STAGES:
+        assert (run_dir / stage / "DONE.json").is_file()
+
+    run.main(args)  # everything finished: every stage is skipped
+    out = capsys.readouterr().out
+    assert out.count("already done") == len(run.STAGES)
