@@ -1,5 +1,7 @@
 """The ``janusflow`` command. Each subcommand is one function registered with ``@command``; the
 work lives in the library (pipeline, understanding, parity), this file parses and prints.
+Subcommands may live elsewhere: every ``janusflow/<subpackage>/cli.py`` is imported before parsing,
+so a module there registers its own with ``@command`` (e.g. ``serve``).
 
 Bad input ends with one line on stderr (``janusflow: error: ...``) and a non-zero exit: 1 for bad
 input or files, 2 for bad usage or when no model is given and no default model is installed.
@@ -233,7 +235,22 @@ from .serve import cli as _serve_cli  # noqa: E402,F401  registers "serve" (janu
 
 # -- entry point ----------------------------------------------------------------------------------------
 
+def load_extensions() -> None:
+    """Import ``janusflow.<subpackage>.cli`` for every subpackage that has one (they register commands)."""
+    import importlib
+    import pkgutil
+
+    package = Path(__file__).resolve().parent
+    for info in pkgutil.iter_modules([str(package)]):
+        if info.ispkg and (package / info.name / "cli.py").is_file():
+            try:
+                importlib.import_module(f"{__package__}.{info.name}.cli")
+            except ImportError as e:  # an optional dependency is missing: those commands are unavailable
+                print(f"{PROG}: note: the {info.name} commands are unavailable ({e})", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    load_extensions()
     parser = _Parser(prog=PROG, description="JanusFlow: image understanding and rectified-flow generation")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for c in COMMANDS.values():
@@ -269,5 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # run the package's module, where extensions register their commands
+    from janusflow.cli import main as package_main
+
+    sys.exit(package_main())

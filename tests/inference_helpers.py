@@ -38,9 +38,19 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-def tiny_model(seed: int = 0) -> JanusFlowModel:
+def tiny_config(official_latents: bool = False) -> JanusFlowConfig:
+    """The "tiny" preset; ``official_latents``: with the release's 48 x 48 latents (576 image tokens),
+    which is what an official-layout config.json implies (it does not store the latent size)."""
+    config = JanusFlowConfig.from_name("tiny")
+    if official_latents:
+        config.gen_vision.latent_size, config.language.max_position_embeddings = 48, 1024
+        config.gen_vision.upsamples = 1
+    return config
+
+
+def tiny_model(seed: int = 0, official_latents: bool = False) -> JanusFlowModel:
     torch.manual_seed(seed)
-    return randomize(JanusFlowModel(JanusFlowConfig.from_name("tiny")), seed)
+    return randomize(JanusFlowModel(tiny_config(official_latents)), seed)
 
 
 def tiny_processor(model: JanusFlowModel, folder: str | Path | None = None) -> JanusFlowProcessor:
@@ -63,10 +73,11 @@ def tiny_vae(latent_channels: int = 4, seed: int = 0, shift_factor: float | None
                          shift_factor=shift_factor).eval()
 
 
-def make_model_folder(folder: str | Path, seed: int = 0, with_vae: bool = True, official: bool = False) -> Path:
+def make_model_folder(folder: str | Path, seed: int = 0, with_vae: bool = True, official: bool = False,
+                      official_latents: bool = False) -> Path:
     """config.json + model.safetensors (ours or the official layout), tokenizer, processor_config.json, vae/."""
     folder = Path(folder)
-    model = tiny_model(seed)
+    model = tiny_model(seed, official_latents or official)
     if official:
         from janusflow.checkpoint import export_official
 
