@@ -155,15 +155,19 @@ def und_batch(processor, encoded: list[tuple[list[int], list[int], torch.Tensor]
 
 # -- generation ------------------------------------------------------------------------------------
 
-def crop_square(image: Image.Image, size: int, generator: torch.Generator) -> Image.Image:
-    """Resize the short side to ``size`` (bicubic), then a random ``size`` x ``size`` crop."""
+def crop_square(image: Image.Image, size: int, generator: torch.Generator | None) -> Image.Image:
+    """Resize the short side to ``size`` (bicubic), then a random ``size`` x ``size`` crop (the centre
+    crop when ``generator`` is None)."""
     width, height = image.size
     scale = size / min(width, height)
     new = (max(size, round(width * scale)), max(size, round(height * scale)))
     if new != image.size:
         image = image.resize(new, Image.Resampling.BICUBIC)
-    left = int(torch.randint(0, new[0] - size + 1, (1,), generator=generator))
-    top = int(torch.randint(0, new[1] - size + 1, (1,), generator=generator))
+    if generator is None:
+        left, top = (new[0] - size) // 2, (new[1] - size) // 2
+    else:
+        left = int(torch.randint(0, new[0] - size + 1, (1,), generator=generator))
+        top = int(torch.randint(0, new[1] - size + 1, (1,), generator=generator))
     return image.crop((left, top, left + size, top + size))
 
 
@@ -184,12 +188,12 @@ class GenItem:
         if self.latent is None or (cfg.repa and self.features is None):
             if sample.image is None:
                 raise InputError("a generation sample needs an image or a cached latent")
-            crop = crop_square(load_image(sample.image), cfg.gen_image_size, g)
+            # a cached latent is of the centre crop: its live REPA target must be of the same crop
+            crop_g = sample_generator(cfg.seed, "crop", slot) if self.latent is None else None
+            crop = crop_square(load_image(sample.image), cfg.gen_image_size, crop_g)
             self.gen_pixels = to_pixels(crop) if self.latent is None else None
             if cfg.repa and self.features is None:
                 self.und_pixels = preprocess_image(crop, processor.image_size, processor.min_size)
-        else:
-            torch.randint(0, 1, (2,), generator=g)  # keep the draws below the same with or without a cache
         self.dropped = bool(torch.rand(1, generator=g) < cfg.prompt_dropout)
         self.t = sample_time(1, cfg.time_distribution, cfg.time_mean, cfg.time_std, generator=g)
         self.x0 = torch.randn(cfg.latent_shape, generator=g)

@@ -152,7 +152,7 @@ class JanusFlowTask:
 
     def __init__(self, config: TrainConfig, model: JanusFlowModel | None = None,
                  processor: JanusFlowProcessor | None = None, latent_encoder=None,
-                 sources: dict[str, Any] | None = None):
+                 sources: dict[str, Any] | None = None, use_cache: bool = True):
         config.validate()
         self.config = config
         if model is None or processor is None:
@@ -179,8 +179,15 @@ class JanusFlowTask:
                 continue
             if not specs.get(task):
                 raise ConfigError(f"the stage's ratio asks for {task} data but data.{task} is empty")
-            self.sources[task] = Epochs(open_source(task, specs[task]), config.seed, config.data.shuffle)
-        if self.mixture.weights["gen"] and self.latent_encoder is None and not config.data.cache:
+            source = open_source(task, specs[task])
+            if task == "gen" and config.data.cache and use_cache:
+                from .cache import CachedSource, fingerprint
+
+                names = [n for n, _ in model.und_encoder.named_parameters(prefix="und_encoder")]
+                frozen_encoder = not any(stage.trains(n) for n in names)
+                source = CachedSource(source, config.data.cache, frozen_encoder, fingerprint(config))
+            self.sources[task] = Epochs(source, config.seed, config.data.shuffle)
+        if self.mixture.weights["gen"] and self.latent_encoder is None:
             raise ConfigError("generation data needs a VAE: set vae.path (a diffusers AutoencoderKL folder)")
         gen = model.config.gen_vision
         gen_size = self.latent_encoder.image_size if self.latent_encoder is not None else 0
