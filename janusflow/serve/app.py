@@ -160,6 +160,8 @@ def create_app(engine: Engine, limits: ServeLimits | None = None, *, ui: bool = 
         field = _field_of(tuple(first.get("loc", ())))
         if first.get("type") == "json_invalid":
             return error_response(400, "body", f"the body is not valid JSON ({first.get('msg')})")
+        if first.get("type") == "string_too_long" and field == "image":
+            return error_response(413, field, f"the image is over the limit of {limits.max_image_bytes} bytes")
         what = f"{field}: " if field else ""
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
         why = str(first.get("msg", "invalid")).removeprefix("Value error, ")

@@ -74,7 +74,7 @@ def request_models(limits: ServeLimits):
         guidance_scale: float = Field(2.0, ge=0.0, le=limits.max_guidance_scale, allow_inf_nan=False,
                                       description="classifier-free guidance weight w (1 = no guidance)")
         seed: Optional[int] = Field(None, ge=0, le=MAX_SEED, description="noise seed; null draws one")
-        solver: Literal[SOLVERS] = Field("euler", description="ODE solver")
+        solver: Literal[tuple(SOLVERS)] = Field("euler", description="ODE solver")
 
         @field_validator("prompt")
         @classmethod

@@ -15,6 +15,7 @@ import gradio as gr
 from pydantic import ValidationError
 
 from ..errors import JanusFlowError
+from ..sampler import SOLVERS
 from .engine import Engine, Turn, text_streamer
 from .limits import ServeLimits
 from .schemas import ServeError, check_text, decode_image_bytes, request_models
@@ -167,7 +168,7 @@ def build_ui(engine: Engine, worker: ModelWorker, limits: ServeLimits) -> gr.Blo
                     guidance = gr.Slider(0, limits.max_guidance_scale, value=2.0, step=0.1, label="Guidance")
                     seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)")
                     num_images = gr.Slider(1, limits.max_images_per_request, value=1, step=1, label="Images")
-                    solver = gr.Dropdown(["euler", "heun", "midpoint"], value="euler", label="Solver")
+                    solver = gr.Dropdown(list(SOLVERS), value="euler", label="Solver")
                     run = gr.Button("Generate", variant="primary", elem_id="gen-button")
                 with gr.Column(scale=2):
                     gallery = gr.Gallery(label="Results", columns=2, elem_id="gallery", format="png")
