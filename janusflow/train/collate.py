@@ -2,7 +2,7 @@
 
 Understanding: the conversation is rendered with the processor's "deepseek" template, tokenized
 once (with character offsets), and a token is a target exactly when it overlaps an Assistant
-answer (its text and the EOS that closes it); system prompt, User turns, role names and every
+answer (the space after "Assistant:", its text and the EOS that closes it); system prompt, User turns, role names and every
 image position (boi, image slots, eoi) get label -100. Images are padded to square as at
 inference (``preprocess_image``). Text: every token after BOS is a target, EOS appended.
 
@@ -86,7 +86,8 @@ class CollateConfig:
 # -- understanding and text ------------------------------------------------------------------------
 
 def answer_spans(processor, sample: ConversationSample) -> tuple[str, list[tuple[int, int]]]:
-    """The templated text and the [start, end) character span of every Assistant answer + EOS."""
+    """The templated text and the [start, end) character span of every Assistant answer: the space
+    after "Assistant:", the answer, and the EOS that closes it."""
     text = processor.apply_sft_template(sample.messages, system_prompt=sample.system)
     eos = processor.tokenizer.eos_token or ""
     spans = []
@@ -95,8 +96,8 @@ def answer_spans(processor, sample: ConversationSample) -> tuple[str, list[tuple
             continue
         head = processor.apply_sft_template(sample.messages[:i] + [{"role": "Assistant", "content": ""}],
                                             system_prompt=sample.system)
-        start = len(head) + 1  # "Assistant:" + " " + answer
-        answer = message["content"].strip() + eos
+        start = len(head)  # the answer starts with the space after "Assistant:", which is predicted too
+        answer = " " + message["content"].strip() + eos
         if text[start:start + len(answer)] != answer:
             raise InputError("could not locate an Assistant answer in the templated conversation")
         spans.append((start, start + len(answer)))

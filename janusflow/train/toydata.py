@@ -51,3 +51,11 @@ def write_toy_data(folder: str | os.PathLike, count: int = 16, vocab_size: int =
     build_tokenizer(corpus, vocab_size=vocab_size, out_dir=root / "tokenizer")
     return {k: os.fspath(root / v) for k, v in
             (("und", "und.jsonl"), ("gen", "gen.jsonl"), ("text", "text.jsonl"), ("tokenizer", "tokenizer"))}
+
+
+def toy_overrides(paths: dict[str, str], run_dir: str | os.PathLike, stage: str = "sft") -> list[str]:
+    """``key=value`` overrides for a run of the ``tiny`` model on :func:`write_toy_data`'s data."""
+    return [f"run_dir={os.fspath(run_dir)}", "model.preset=tiny", f"model.tokenizer={paths['tokenizer']}",
+            "vae.tiny_random=true", f"stage={stage}", "stage.batch_size=6", "stage.steps=4", "stage.warmup_steps=0",
+            "stage.lr=2e-3", f"data.und=[{paths['und']}]", f"data.gen=[{paths['gen']}]",
+            f"data.text=[{paths['text']}]", "losses.repa_layer=1", "trainer.progress=false"]

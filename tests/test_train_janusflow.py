@@ -1,0 +1,231 @@
+"""The JanusFlow objectives, stages and data on the tiny model (fast: one process, a few steps)."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import pytest
+import torch
+
+from janusflow import processor as processor_module
+from janusflow.errors import ConfigError
+from janusflow.processor import make_uncond
+from janusflow.train import Shard, Trainer
+from janusflow.train.collate import IGNORE, encode_conversation
+from janusflow.train.config import load_config
+from janusflow.train.losses import rectified_flow_sum, repa_sum
+from janusflow.train.samples import CaptionSample, ConversationSample
+from janusflow.train.sources import Mixture, TarShardSource
+from janusflow.train.task import JanusFlowTask
+from janusflow.train.toydata import draw, toy_overrides, write_toy_data
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return write_toy_data(tmp_path_factory.mktemp("toy"), count=12)
+
+
+def make_task(toy, run_dir, *extra, stage="sft"):
+    config = load_config(None, toy_overrides(toy, run_dir, stage) + list(extra))
+    return config, JanusFlowTask(config)
+
+
+# -- the math ----------------------------------------------------------------------------------------
+
+def test_rectified_flow_and_repa_sums_have_the_stated_values():
+    x0, x1 = torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2)
+    assert rectified_flow_sum(x1 - x0, x0, x1) == 0  # the exact velocity costs nothing
+    v = torch.stack([torch.full((1, 2, 2), 3.0), torch.ones(1, 2, 2)])  # errors 2 and 0
+    assert rectified_flow_sum(v, x0, x1) == pytest.approx(4.0)  # per-sample means summed: 4 + 0
+    a = torch.randn(2, 3, 5)
+    assert repa_sum(a, 2 * a) == pytest.approx(0.0, abs=1e-6)  # 1 - cos, cos = 1
+    assert repa_sum(a, -a) == pytest.approx(4.0)  # 2 per sample
+
+
+def test_ce_labels_only_answer_tokens(toy, tmp_path):
+    _, task = make_task(toy, tmp_path)
+    proc = task.processor
+    sample = ConversationSample([{"role": "User", "content": "<image_placeholder>\nWhat colour?"},
+                                 {"role": "Assistant", "content": "red"},
+                                 {"role": "User", "content": "And the shape?"},
+                                 {"role": "Assistant", "content": "a square"}], [draw("red", "square")])
+    ids, labels, pixels = encode_conversation(proc, sample)
+    assert pixels.shape == (1, 3, proc.image_size, proc.image_size)
+    targets = [i for i, label in zip(ids, labels) if label != IGNORE]
+    # exactly the two answers and the EOS closing each; no prompt, role, system or image position
+    tok = proc.tokenizer
+    assert targets == (tok.encode(" red", add_special_tokens=False) + [proc.eos_id]
+                       + tok.encode(" a square", add_special_tokens=False) + [proc.eos_id])
+    image_positions = [i for i, t in enumerate(ids) if t in (proc.image_id, proc.boi_id, proc.eoi_id)]
+    assert len(image_positions) == proc.num_image_tokens + 2
+    assert all(labels[i] == IGNORE for i in image_positions)
+    assert labels == [t if lab != IGNORE else IGNORE for t, lab in zip(ids, labels)]  # a label is its token
+    # the same ids as the inference processor builds
+    assert ids == proc.encode_conversation(sample.messages, sample.images).input_ids.tolist()
+
+
+def test_prompt_dropout_rows_come_from_make_uncond(toy, tmp_path, monkeypatch):
+    calls = []
+
+    def spy(tokens, mask, pad_id):
+        calls.append(1)
+        return make_uncond(tokens, mask, pad_id)
+
+    from janusflow.train import collate
+
+    monkeypatch.setattr(collate, "make_uncond", spy)
+    _, task = make_task(toy, tmp_path, "losses.prompt_dropout=0.5", "stage.ratio={gen: 1}", "stage.batch_size=12")
+    batch = task.micro_batches(0, Shard(0, 1, 1))[0].gen
+    assert calls and 0 < int(batch.dropped.sum()) < 12
+    # rebuild the conditional rows and check each dropped row is exactly make_uncond's row
+    captions = [task.sources["gen"].read(p).caption for _, p, _ in task.mixture.step_slots(0)]
+    cond_ids, cond_mask = processor_module.left_pad([task.processor.encode_generation_prompt(c) for c in captions],
+                                                    task.processor.pad_id)
+    uncond_ids, uncond_mask = make_uncond(cond_ids, cond_mask, task.processor.pad_id)
+    for row, dropped in enumerate(batch.dropped.tolist()):
+        expect_ids, expect_mask = (uncond_ids, uncond_mask) if dropped else (cond_ids, cond_mask)
+        assert torch.equal(batch.input_ids[row], expect_ids[row])
+        assert torch.equal(batch.attention_mask[row], expect_mask[row])
+
+
+def test_repa_grids_must_match(toy, tmp_path):
+    from janusflow.config import JanusFlowConfig
+
+    path = tmp_path / "config.json"
+    cfg = JanusFlowConfig.from_name("tiny")
+    cfg.und_vision.image_size = 64  # 8x8 understanding grid against a 4x4 latent grid
+    cfg.save(path)
+    with pytest.raises(ConfigError, match="same token grid"):
+        make_task(toy, tmp_path, "model.preset=null", f"model.config={path}")
+    make_task(toy, tmp_path, "model.preset=null", f"model.config={path}", "losses.repa_weight=0")  # allowed
+
+
+# -- stages --------------------------------------------------------------------------------------------
+
+def _fixed_batch_logs(task, batch):
+    with torch.no_grad():
+        counts = task.counts(batch)
+        return task.module(batch, counts)[1]
+
+
+@pytest.mark.parametrize("stage", ["adaptation", "pretrain", "sft"])
+def test_every_stage_overfits_a_fixed_batch_and_freezes_what_it_should(toy, tmp_path, stage):
+    # a fixed batch: the data is exactly one batch, read in the same order every step
+    config, task = make_task(toy, tmp_path, "stage.steps=12", "stage.batch_size=8", "stage.lr=3e-3",
+                             "stage.ratio={und: 1, gen: 2, text: 1}", "data.shuffle=false", "trainer.ema_decay=0",
+                             "losses.prompt_dropout=0", stage=stage)
+    task.sources = {k: _Fixed(v, n) for k, v, n in ((k, v, {"und": 2, "gen": 4, "text": 2}[k])
+                                                  for k, v in task.sources.items())}
+    batch = task.micro_batches(0, Shard(0, 1, 1))[0]
+    before = _fixed_batch_logs(task, batch)
+    initial = {k: v.detach().clone() for k, v in task.module.state_dict().items()}
+    grads = {}
+    hooks = [p.register_hook(lambda g, n=n: grads.__setitem__(n, g))
+             for n, p in task.module.model.und_encoder.named_parameters()]
+    Trainer(task, config.trainer_config()).fit()
+    for h in hooks:
+        h.remove()
+    after = _fixed_batch_logs(task, batch)
+    for term in ("ce_und", "rf", "repa") + (("ce_text",) if stage != "adaptation" else ()):
+        assert after[term] < before[term], (stage, term, before[term], after[term])
+    if stage == "adaptation":  # text touches only the frozen LLM: its loss cannot move at all
+        assert after["ce_text"] == before["ce_text"]
+    final = task.module.state_dict()
+    moved = {k for k in initial if not torch.equal(initial[k], final[k])}
+    trainable = set(task.trainable_parameters())
+    assert moved <= trainable and {k for k in trainable if "repa_head" in k} <= moved
+    llm = {k for k in initial if k.startswith("model.language_model.")}
+    und_encoder = {k for k in initial if k.startswith("model.und_encoder.")}
+    if stage == "adaptation":
+        assert not moved & (llm | und_encoder)
+        assert {k.split(".")[1] for k in moved} == {"und_aligner", "boi_embedding", "gen_encoder", "gen_enc_aligner",
+                                                   "gen_decoder", "gen_dec_aligner_norm", "gen_dec_aligner", "net"}
+    if stage == "pretrain":
+        assert not moved & und_encoder and moved & llm
+        assert not grads  # REPA's target encoder gets no gradient while frozen
+    if stage == "sft":
+        assert moved & und_encoder and moved & llm
+
+
+class _Fixed:
+    """The first n positions of a source, over and over, in order."""
+
+    def __init__(self, source, n):
+        self.source, self.n, self.task, self.length = source, n, source.task, None
+
+    def read(self, position):
+        return self.source.source.read(position % self.n)
+
+
+def test_repa_sends_no_gradient_into_the_understanding_encoder(toy, tmp_path):
+    _, task = make_task(toy, tmp_path, "stage.ratio={gen: 1}")  # SFT: the encoder is trainable
+    batch = task.micro_batches(0, Shard(0, 1, 1))[0]
+    loss, _ = task.module(batch, task.counts(batch))
+    loss.backward()
+    assert all(p.grad is None for p in task.module.model.und_encoder.parameters())
+    assert task.module.repa_head.net[0].weight.grad.abs().sum() > 0
+
+
+# -- data ------------------------------------------------------------------------------------------------
+
+def test_mixture_keeps_the_ratio_exactly():
+    m = Mixture({"und": 14, "gen": 80, "text": 6}, 10)
+    tasks = [t for s in range(10) for t, _, _ in m.step_slots(s)]
+    assert (tasks.count("und"), tasks.count("gen"), tasks.count("text")) == (14, 80, 6)
+    assert m.positions(10) == {"und": 14, "gen": 80, "text": 6}
+
+
+def test_corrupt_samples_are_skipped_and_counted(toy, tmp_path):
+    root = tmp_path / "bad"
+    root.mkdir()
+    (root / "ok.png").write_bytes(open(toy["und"].replace("und.jsonl", "images/0000.png"), "rb").read())
+    (root / "truncated.png").write_bytes((root / "ok.png").read_bytes()[:40])
+    lines = [json.dumps({"image": "ok.png", "caption": "a red square"}),
+             json.dumps({"image": "missing.png", "caption": "a blue circle"}),
+             "{not json",
+             json.dumps({"image": "truncated.png", "caption": "a green square"}),
+             json.dumps({"image": "ok.png"})]  # no caption
+    (root / "gen.jsonl").write_text("\n".join(lines) + "\n")
+    config, task = make_task(toy, tmp_path / "run", f"data.gen=[{root / 'gen.jsonl'}]", "stage.ratio={gen: 1}",
+                             "stage.batch_size=5", "stage.steps=2", "data.shuffle=false")
+    result = Trainer(task, config.trainer_config()).fit()
+    assert not result["stopped"] and result["step"] == 2
+    rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    header, last = rows[0].split(","), rows[-1].split(",")
+    assert float(last[header.index("total_skipped")]) == 8  # 4 bad of 5, twice
+    assert float(last[header.index("total_gen_samples")]) == 2
+
+
+def test_tar_shards_and_in_memory_sources(toy, tmp_path):
+    shard = tmp_path / "gen-000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for i, (colour, shape) in enumerate([("red", "square"), ("blue", "circle")]):
+            png = io.BytesIO()
+            draw(colour, shape).save(png, format="PNG")
+            for ext, data in (("png", png.getvalue()), ("txt", f"a {colour} {shape}".encode())):
+                info = tarfile.TarInfo(f"{i:05d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    source = TarShardSource("gen", [shard])
+    assert source.length == 2 and source.read(1).caption == "a blue circle"
+
+    def shapes(position):  # e.g. the shapes world, rendering on the fly
+        return CaptionSample(f"a red {('square', 'circle')[position % 2]}", draw("red", ("square", "circle")[position % 2]))
+
+    config, task = make_task(toy, tmp_path / "run", f"data.gen=[{shard}]", "stage.ratio={gen: 1, text: 1}")
+    assert task.micro_batches(0, Shard(0, 1, 1))[0].gen.input_ids.shape[0] == 3
+    config = load_config(None, toy_overrides(toy, tmp_path / "run2") + ["stage.ratio={gen: 1}"])
+    task = JanusFlowTask(config, sources={"gen": shapes})
+    batch = task.micro_batches(0, Shard(0, 1, 1))[0]
+    assert batch.skipped == 0 and batch.gen.latents.shape == (6, 4, 8, 8)
+
+
+def test_config_errors_name_the_key(toy, tmp_path):
+    with pytest.raises(ConfigError, match="stage: unknown key.*stepz"):
+        load_config(None, toy_overrides(toy, tmp_path) + ["stage.stepz=3"])
+    with pytest.raises(ConfigError, match="stage.batch_size"):
+        load_config(None, toy_overrides(toy, tmp_path) + ["stage.batch_size=many"])
+    with pytest.raises(ConfigError, match="repa_layer"):
+        make_task(toy, tmp_path, "losses.repa_layer=6")  # the tiny LLM has 2 blocks
