@@ -63,12 +63,18 @@ def load_model_and_processor(model_dir: str | os.PathLike, device: str | torch.d
     device = resolve_device(device)
     model = JanusFlowModel.from_pretrained(folder, dtype=dtype or default_dtype(device), device=device)
     config = model.config
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # AutoTokenizer reads our config.json and warns about its model_type
     try:
         processor = JanusFlowProcessor.from_pretrained(
             folder, image_size=config.und_vision.image_size, num_image_tokens=config.num_und_image_tokens,
             num_gen_image_tokens=config.num_image_tokens)
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{folder}: cannot load the tokenizer/processor ({str(e).splitlines()[0]})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
     context = config.language.max_position_embeddings
     processor.max_length = min(processor.max_length or context, context)
     if len(processor.tokenizer) > config.language.vocab_size:

@@ -37,6 +37,7 @@ def load_vae(source, device: torch.device | str = "cpu", dtype: torch.dtype | No
     """An ``AutoencoderKL`` from a local diffusers folder (or an instance, moved), in a safe dtype."""
     from diffusers import AutoencoderKL
 
+    target = vae_dtype(dtype, device)
     if isinstance(source, AutoencoderKL):
         vae = source
     else:
@@ -44,10 +45,11 @@ def load_vae(source, device: torch.device | str = "cpu", dtype: torch.dtype | No
         if not (folder / "config.json").is_file():
             raise CheckpointError(f"{folder}: not a diffusers AutoencoderKL folder (no config.json)")
         try:
-            vae = AutoencoderKL.from_pretrained(os.fspath(folder), local_files_only=True)
+            vae = AutoencoderKL.from_pretrained(os.fspath(folder), local_files_only=True, torch_dtype=target)
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{folder}: cannot load the VAE ({str(e).splitlines()[0]})") from None
-    return vae.to(device=device, dtype=vae_dtype(dtype, device)).eval()
+    vae = vae.to(device=device)
+    return (vae if vae.dtype == target else vae.to(dtype=target)).eval()
 
 
 def check_finite(latents: torch.Tensor, what: str = "latents") -> None:
