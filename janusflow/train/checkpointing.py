@@ -157,12 +157,13 @@ def save_checkpoint(run_dir, step: int, *, module, optimizer, ema, trainer_state
     barrier(ctx)
     _write_json(tmp / f"rng-rank{ctx.rank}.json", rng_state())
     model_state = _model_state(module)  # collectives: every rank takes part
-    optim_tensors, optim_meta = _flatten_optimizer(_optimizer_state(module, optimizer))
+    optim_state = _optimizer_state(module, optimizer)  # full on the main process, empty elsewhere
     ema_state = {k: _full(v) for k, v in ema.state_dict().items()} if ema is not None else None
     if ctx.main:
         save_file({k: v.contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
         if ema_state is not None:
             save_file(ema_state, str(tmp / "ema.safetensors"))
+        optim_tensors, optim_meta = _flatten_optimizer(optim_state)
         save_file(optim_tensors, str(tmp / "optimizer.safetensors"))
         _write_json(tmp / "optimizer.json", optim_meta)
     barrier(ctx)
@@ -207,7 +208,9 @@ def load_checkpoint(path: str | os.PathLike, *, module, optimizer, ema, ctx: Dis
     set_model_state_dict(module, model_state, options=options)
     optim_meta = json.loads((folder / "optimizer.json").read_text(encoding="utf-8"))
     optim_state = _unflatten_optimizer(load_file(str(folder / "optimizer.safetensors")), optim_meta)
-    set_optimizer_state_dict(module, optimizer, optim_state, options=options)
+    # not strict: a trainable parameter that never received a gradient has no AdamW state to restore
+    set_optimizer_state_dict(module, optimizer, optim_state,
+                             options=StateDictOptions(full_state_dict=True, strict=False))
     if ema is not None:
         ema_file = folder / "ema.safetensors"
         if ema_file.is_file():

@@ -60,7 +60,8 @@ def all_reduce_sum(values: dict[str, float], ctx: Dist) -> dict[str, float]:
     device = ctx.device if ctx.device.type == "cuda" else torch.device("cpu")
     packed = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(packed, op=dist.ReduceOp.SUM)
-    return dict(zip(keys, packed.tolist()))
+    summed = dict(zip(keys, packed.tolist()))
+    return {k: summed[k] for k in values}  # the caller's order
 
 
 def any_process(flag: bool, ctx: Dist) -> bool:
@@ -86,7 +87,12 @@ def wrap(module: nn.Module, ctx: Dist, strategy: str, find_unused_parameters: bo
     if not ctx.active:
         return module
     if strategy == "ddp":
+        import warnings
+
         from torch.nn.parallel import DistributedDataParallel
+
+        # depthwise-conv gradients come in another memory layout than DDP's bucket: harmless
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
 
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=find_unused_parameters)

@@ -33,6 +33,10 @@ from .sources import Epochs, Mixture, open_source
 from .trainer import Shard, share
 
 
+# In the release's weights but never used by JanusFlow (it reads SigLIP's tokens, not the pooled vector)
+UNUSED = ("und_encoder.siglip.head.",)
+
+
 class JanusFlowObjective(nn.Module):
     """forward(batch, totals) -> (CE + RF + w * REPA, logs), each term a share of its global mean."""
 
@@ -215,6 +219,8 @@ class JanusFlowTask:
                 chosen[name] = p
                 continue
             inner = name.removeprefix("model.")
+            if inner.startswith(UNUSED):
+                continue
             if use_lora and inner.startswith("language_model."):
                 if lora_utils.is_lora_parameter(inner):
                     chosen[name] = p
