@@ -9,7 +9,7 @@
 
 A trained stage runs the shared trainer (`janusflow.train.Trainer`) in segments of
 `segment` steps under RUN_DIR/STAGE: each segment resumes from the newest checkpoint, trains,
-exports the EMA weights and evaluates them on fresh data (RUN_DIR/STAGE/eval.jsonl). A stage
+exports the weights (EMA and raw) and evaluates both on fresh data (RUN_DIR/STAGE/eval.jsonl). A stage
 finishes when its evaluation meets its target or its step budget is spent; its export is copied
 (fp16) into the parts folder and RUN_DIR/STAGE/DONE.json records the final evaluation and the
 wall time. Finished stages are skipped. Stop at any moment (Ctrl-C or SIGTERM writes a
@@ -92,6 +92,15 @@ def _log(stage: str, text: str) -> None:
     print(f"[recipe {stage}] {text}", flush=True)
 
 
+def best_export(stage_dir: Path, evaluate: Callable[[Path], Metric], key: str) -> Metric:
+    """Evaluate the EMA export and the raw one; return the better's metrics, with "weights" naming
+    its folder. (Early on the EMA still carries much of the initial weights: decay 0.999 keeps
+    0.999^n of them after n steps, without bias correction.)"""
+    found = [{**evaluate(stage_dir / name), "weights": name}
+             for name in ("export", "export-raw") if (stage_dir / name).is_dir()]
+    return max(found, key=lambda m: m[key])
+
+
 def train_stage(
     name: str,
     task,
@@ -111,7 +120,7 @@ def train_stage(
     while True:
         last = progress["evals"][-1] if progress["evals"] else None
         if last is not None and (last[key] >= settings.target or last["step"] >= settings.steps):
-            return stage_dir / "export", last
+            return stage_dir / last.get("weights", "export"), last
         done = last["step"] if last else 0
         goal = min(settings.steps, (done // settings.segment + 1) * settings.segment)
         config = TrainerConfig(
@@ -127,7 +136,7 @@ def train_stage(
             sys.exit(130)
         start = time.perf_counter()
         metrics = {"step": goal, "train_seconds": round(progress["train_seconds"], 1),
-                   **evaluate(stage_dir / "export")}
+                   **best_export(stage_dir, evaluate, key)}
         metrics["eval_seconds"] = round(time.perf_counter() - start, 1)
         progress["evals"].append(metrics)
         _write_json(progress_path, progress)
