@@ -144,7 +144,8 @@ def build_ui(engine: Engine, worker: ModelWorker, limits: ServeLimits) -> gr.Blo
         with gr.Tab("Chat", id="chat"):
             with gr.Row():
                 with gr.Column(scale=1):
-                    image = gr.Image(type="filepath", sources=["upload"], label="Image", elem_id="chat-image")
+                    image = gr.Image(type="filepath", sources=["upload"], label="Image", elem_id="chat-image",
+                                     format="png", height=260)  # png: the model sees the uploaded pixels
                     max_new_tokens = gr.Slider(1, limits.max_new_tokens, value=min(128, limits.max_new_tokens),
                                                step=1, label="Max new tokens")
                 with gr.Column(scale=2):

@@ -1,0 +1,159 @@
+"""The web page in a real browser: Playwright drives Debian's Chromium (by its path, headless) against
+`janusflow serve` started as a subprocess on a free local port with a tiny random model.
+
+It generates an image and sees it in the gallery (and the progress indicator while it runs), then
+uploads an image, asks a question and sees the model's answer stream into the chat; the answer must
+be the one the library gives for the same image and question. Screenshots of both tabs go to
+docs/screenshot.png (generation) and docs/screenshot-chat.png (chat).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+pytest.importorskip("gradio")
+sync_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+QUESTION = "What is in the image?"
+MAX_NEW_TOKENS = 24
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="no chromium (apt-get install chromium)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    from janusflow.serve.tiny_model import build_tiny_model_folder
+
+    return build_tiny_model_folder(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("log") / "serve.log"
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
+           "GRADIO_TEMP_DIR": str(tmp_path_factory.mktemp("gradio"))}
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "janusflow", "serve", "--model", str(model_dir),
+                                    "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"janusflow serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"janusflow serve did not answer within 90 s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url, log
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    url, _ = server
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 820})
+            page.set_default_timeout(60_000)
+            page.goto(url + "/", wait_until="domcontentloaded")
+            page.wait_for_selector("#question textarea")
+            yield page
+        finally:
+            browser.close()
+
+
+def test_generate_shows_progress_then_the_image_in_the_gallery(page):
+    expect = sync_api.expect
+    page.get_by_role("tab", name="Generate").click()
+    page.fill("#gen-prompt textarea", "a red circle above a blue square")
+    steps = page.locator("#gen-prompt").locator("xpath=..").get_by_label("number input for Steps")
+    if steps.count():
+        steps.fill("100")
+        steps.press("Enter")
+    page.click("#gen-button")
+    expect(page.locator("#gallery")).to_contain_text("steps", timeout=60_000)  # "sampling k/n steps"
+    image = page.locator("#gallery img").first
+    expect(image).to_be_visible(timeout=120_000)
+    size = image.evaluate("img => new Promise(ok => img.complete ? ok([img.naturalWidth, img.naturalHeight]) "
+                          ": img.onload = () => ok([img.naturalWidth, img.naturalHeight]))")
+    assert size == [32, 32]  # the tiny VAE's image side
+    expect(page.locator("#gen-seed")).to_contain_text("seed ")
+    DOCS.mkdir(exist_ok=True)
+    page.screenshot(path=str(DOCS / "screenshot.png"))
+
+
+def test_upload_ask_and_see_the_answer(page, model_dir, tmp_path):
+    from janusflow.serve.engine import ModelEngine
+
+    picture = tmp_path / "red.png"
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(picture)
+    expected = ModelEngine.from_folder(model_dir).ask(Image.open(picture).convert("RGB"), QUESTION, MAX_NEW_TOKENS)
+    assert expected.strip()
+
+    expect = sync_api.expect
+    page.get_by_role("tab", name="Chat").click()
+    page.set_input_files("#chat-image input[type=file]", str(picture))
+    expect(page.locator("#chat-image img").first).to_be_visible()
+    tokens = page.get_by_label("number input for Max new tokens")
+    tokens.fill(str(MAX_NEW_TOKENS))
+    tokens.press("Enter")
+    page.fill("#question textarea", QUESTION)
+    page.click("#ask-button")
+    chat = page.locator("#chatbot")
+    expect(chat).to_contain_text(QUESTION)
+    expect(chat).to_contain_text(" ".join(expected.split()), timeout=60_000)
+    # a second turn about the same image
+    page.fill("#question textarea", "And what colour is it?")
+    page.click("#ask-button")
+    expect(chat).to_contain_text("And what colour is it?")
+    answers = page.locator("#chatbot [data-testid=bot]")
+    expect(answers).to_have_count(2, timeout=60_000)
+    expect(answers.nth(1)).to_have_text(re.compile(r"\S"), timeout=60_000)  # the second answer arrived
+    previous, deadline = None, time.monotonic() + 60
+    while answers.nth(1).inner_text() != previous and time.monotonic() < deadline:  # until it stops growing
+        previous = answers.nth(1).inner_text()
+        page.wait_for_timeout(700)
+    page.screenshot(path=str(DOCS / "screenshot-chat.png"))
+
+
+def test_the_server_logged_one_line_a_request_without_image_bytes(server):
+    _, log = server
+    text = log.read_text()
+    assert "POST /gradio_api/" in text or "GET / 200" in text
+    assert "Traceback" not in text
+    assert "iVBOR" not in text  # no base64 PNG in the log
