@@ -144,6 +144,19 @@ class VelocityField:
                                              cache=self._prompt_cache()).velocity
 
 
+def with_guidance(field: VelocityField, w: float) -> Callable[[torch.Tensor, float], torch.Tensor]:
+    """The guided velocity of B latents: w = 1 runs the field's B conditional rows alone; otherwise
+    one batch of 2B rows (cond then uncond, the same latents) and v = w v_cond - (w - 1) v_uncond."""
+    if w == 1.0:
+        return field
+
+    def velocity(z: torch.Tensor, t: float) -> torch.Tensor:
+        v_cond, v_uncond = field(torch.cat([z, z]), t).chunk(2)
+        return guided_velocity(v_cond, v_uncond, w)
+
+    return velocity
+
+
 @torch.inference_mode()
 def sample_latents(
     model,
@@ -169,13 +182,7 @@ def sample_latents(
         tokens, attention_mask = tokens[:B], attention_mask[:B]  # w = 1: no unconditional pass at all
     N = model.config.gen_vision.grid_for(z0.shape[-1]) * model.config.gen_vision.grid_for(z0.shape[-2])
     field = VelocityField(model, tokens, attention_mask, N, cfg.use_prompt_cache)
-
-    def velocity(z: torch.Tensor, t: float) -> torch.Tensor:
-        if not cfg.guided:
-            return field(z, t)
-        v_cond, v_uncond = field(torch.cat([z, z]), t).chunk(2)  # one batch: cond rows, then uncond rows
-        return guided_velocity(v_cond, v_uncond, cfg.guidance_scale)
-
+    velocity = with_guidance(field, cfg.guidance_scale)
     z, trajectory, velocities = integrate(velocity, z0.to(model.dtype), cfg, record, progress)
     result = SampleResult(latents=z, attention_mask=field.mask)
     if record:

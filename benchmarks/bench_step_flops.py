@@ -1,0 +1,90 @@
+"""One guided ODE step at the 1.3B config (random weights, fp32, CPU): achieved FLOP/s as a fraction
+of this machine's fp32 matrix-product peak, both measured in the same run.
+
+    python benchmarks/bench_step_flops.py --preset janusflow-1.3b --prompt-len 32 --repeats 3
+
+The step is exactly the sampler's: the prompt's keys/values already cached, one batch of 2 rows
+(conditional, unconditional) of [t_emb, N latent tokens] through the generation encoder, the LLM and
+the decoder, then the guidance and the Euler update. FLOPs are counted with
+``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, attention; elementwise work
+counts zero) and checked against the analytic count of the LLM's matmuls. The peak is the best
+``torch.mm`` of two 4096 x 4096 fp32 matrices, measured before and after the step (the best of both
+is used, so background load lowers the fraction rather than raising it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from _common import machine, matmul_peak, prompt_rows, random_model, timed
+from janusflow.sampler import SamplerConfig, VelocityField, initial_noise, integrate, with_guidance
+
+
+def analytic_llm_flops(config, rows: int, prompt_len: int) -> float:
+    """2 * tokens * (weights of the LLM's linear layers) + attention (QK^T and AV over all keys)."""
+    lang = config.language
+    D, F, layers = lang.hidden_size, lang.intermediate_size, lang.num_hidden_layers
+    kv = D * lang.num_key_value_heads // lang.num_attention_heads
+    per_layer_weights = D * D * 2 + D * kv * 2 + 3 * D * F  # q, o; k, v; gate, up, down
+    tokens = rows * (1 + config.num_image_tokens)  # a cached step feeds [t_emb, N tokens]
+    keys = prompt_len - 1 + 1 + config.num_image_tokens
+    attention = 2 * 2 * tokens * keys * D  # (QK^T, AV) x 2 FLOP per multiply-add
+    return layers * (2 * tokens * per_layer_weights + attention)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="janusflow-1.3b")
+    parser.add_argument("--prompt-len", type=int, default=32)
+    parser.add_argument("--cfg", type=float, default=2.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = random_model(args.preset)
+    config = model.config
+    tokens, mask = prompt_rows(config, args.prompt_len, 1, guided=args.cfg != 1)
+    z0 = initial_noise(1, config, torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        field = VelocityField(model, tokens, mask, config.num_image_tokens, use_cache=True)  # prompt cached once
+    velocity = with_guidance(field, args.cfg)
+    one_step = SamplerConfig(num_steps=1, guidance_scale=args.cfg)
+
+    @torch.inference_mode()
+    def step():
+        return integrate(velocity, z0, one_step)[0]
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    by_op = {str(op).split(".")[-1]: n for op, n in counter.get_flop_counts()["Global"].items()}
+    rows = tokens.shape[0]
+    analytic = analytic_llm_flops(config, rows, args.prompt_len)
+
+    peak_before = matmul_peak()
+    times = timed(step, repeats=args.repeats)
+    peak_after = matmul_peak()
+    peak = max(peak_before, peak_after)
+    best, median = min(times), statistics.median(times)
+
+    print(f"# {args.preset}: {model.num_parameters() / 1e9:.2f}B parameters, fp32, CPU; {machine()}")
+    print(f"# one guided Euler step (w={args.cfg}, {rows} rows of 1 + {config.num_image_tokens} tokens, "
+          f"prompt of {args.prompt_len} cached)")
+    print(f"FLOPs counted (FlopCounterMode): {flops / 1e9:.1f} GFLOP  "
+          f"({', '.join(f'{k} {v / 1e9:.1f}' for k, v in sorted(by_op.items(), key=lambda kv: -kv[1]))})")
+    print(f"FLOPs analytic, LLM only:        {analytic / 1e9:.1f} GFLOP")
+    print(f"step time: best {best:.2f} s, median {median:.2f} s over {len(times)}")
+    print(f"fp32 matmul peak (torch.mm 4096^2): {peak_before / 1e9:.1f} GFLOP/s before, "
+          f"{peak_after / 1e9:.1f} after")
+    print(f"achieved: {flops / best / 1e9:.1f} GFLOP/s = {flops / best / peak:.1%} of peak (best step); "
+          f"{flops / median / peak:.1%} (median step)")
+
+
+if __name__ == "__main__":
+    main()
