@@ -55,27 +55,27 @@ def prompt_rows(config: JanusFlowConfig, prompt_len: int, batch: int, guided: bo
     return tokens, mask
 
 
-def matmul_peak(size: int = 4096, repeats: int = 5) -> float:
-    """Best fp32 FLOP/s of ``torch.mm`` on (size x size) @ (size x size) on this machine, now."""
+def matmul_peak(size: int = 4096, repeats: int = 5) -> tuple[float, float]:
+    """Best fp32 FLOP/s of ``torch.mm`` on (size x size) @ (size x size) on this machine, now:
+    (per wall-clock second, per CPU second of this process)."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     torch.mm(a, b)
-    best = 0.0
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = max(best, 2 * size**3 / (time.perf_counter() - start))
-    return best
+    wall, cpu = timed(lambda: torch.mm(a, b), repeats=repeats, warmup=0)
+    return 2 * size**3 / min(wall), 2 * size**3 / min(cpu)
 
 
-def timed(fn, repeats: int = 3, warmup: int = 1) -> list[float]:
+def timed(fn, repeats: int = 3, warmup: int = 1) -> tuple[list[float], list[float]]:
+    """(wall-clock seconds, CPU seconds of this process) of each call. On a shared machine the CPU
+    time excludes the time other processes held the cores (exact for one thread)."""
     for _ in range(warmup):
         fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        w, c = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return times
+        wall.append(time.perf_counter() - w)
+        cpu.append(time.process_time() - c)
+    return wall, cpu
 
 
 def peak_rss_gib() -> float:

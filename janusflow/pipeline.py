@@ -190,10 +190,10 @@ class JanusFlowPipeline:
             expected = (num, gen.latent_channels, gen.latent_size, gen.latent_size)
             if tuple(latents.shape) != expected:
                 raise InputError(f"latents must have shape {expected}, got {tuple(latents.shape)}")
-            return latents.to(device=self.device, dtype=self.model.dtype)
+            return latents.to(device=self.device, dtype=torch.float32)
         if isinstance(generator, int) and not isinstance(generator, bool):
             generator = torch.Generator().manual_seed(generator)
-        return initial_noise(num, config, generator, device=self.device, dtype=self.model.dtype)
+        return initial_noise(num, config, generator, device=self.device)
 
 
 # -- writing images: a plain folder and the GenEval layout -------------------------------------------

@@ -91,7 +91,7 @@ def time_grid(cfg: SamplerConfig) -> list[float]:
 
 @dataclass
 class SampleResult:
-    latents: torch.Tensor  # (B, C, H, W) at t = 1
+    latents: torch.Tensor  # (B, C, H, W) at t = 1, fp32
     attention_mask: torch.Tensor  # (R, L-1+1+N) the full-sequence key mask used
     t_steps: torch.Tensor | None = None  # (n,) t_k on the 0..1000 scale, when recorded
     trajectory: torch.Tensor | None = None  # (n+1, B, C, H, W), z_0 .. z_n
@@ -134,14 +134,18 @@ class VelocityField:
         return cache
 
     def __call__(self, z: torch.Tensor, t: float) -> torch.Tensor:
-        """Velocity for every row; ``z`` is (R, C, H, W), ``t`` in [0, 1]."""
+        """Velocity (fp32) for every row; ``z`` is (R, C, H, W), ``t`` in [0, 1]. The model runs in its
+        own dtype; the ODE state stays fp32 (bf16 Euler updates would round away small steps)."""
         t_in = torch.full((z.shape[0],), t * TIME_SCALE, dtype=torch.float32, device=z.device)
+        z = z.to(self.model.dtype)
         if self.prompt_kv is None:  # reference: the whole sequence, every step
-            return self.model.forward_generation(self.prefix, z, t_in, attention_mask=self.mask,
-                                                 position_ids=self.positions).velocity
-        return self.model.forward_generation(None, z, t_in, attention_mask=self.mask,
-                                             position_ids=self.positions[:, self.prefix_len:],
-                                             cache=self._prompt_cache()).velocity
+            out = self.model.forward_generation(self.prefix, z, t_in, attention_mask=self.mask,
+                                                position_ids=self.positions)
+        else:
+            out = self.model.forward_generation(None, z, t_in, attention_mask=self.mask,
+                                                position_ids=self.positions[:, self.prefix_len:],
+                                                cache=self._prompt_cache())
+        return out.velocity.float()
 
 
 def with_guidance(field: VelocityField, w: float) -> Callable[[torch.Tensor, float], torch.Tensor]:
@@ -183,7 +187,7 @@ def sample_latents(
     N = model.config.gen_vision.grid_for(z0.shape[-1]) * model.config.gen_vision.grid_for(z0.shape[-2])
     field = VelocityField(model, tokens, attention_mask, N, cfg.use_prompt_cache)
     velocity = with_guidance(field, cfg.guidance_scale)
-    z, trajectory, velocities = integrate(velocity, z0.to(model.dtype), cfg, record, progress)
+    z, trajectory, velocities = integrate(velocity, z0.float(), cfg, record, progress)
     result = SampleResult(latents=z, attention_mask=field.mask)
     if record:
         result.trajectory, result.velocities = trajectory, velocities

@@ -16,6 +16,7 @@ then each new token, then ``end()``, as with ``generate`` (batch size 1).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -177,7 +178,7 @@ class JanusFlowChat:
                  generator: torch.Generator | int | None = None, streamer=None, record_logits: bool = False,
                  **overrides) -> DecodeResult:
         """Decode the Assistant's next turn of each conversation (messages ending with a User turn)."""
-        config = config or DecodingConfig(**overrides)
+        config = dataclasses.replace(config, **overrides) if config else DecodingConfig(**overrides)
         prompts = [[*c, {"role": "Assistant", "content": ""}] for c in conversations]
         batch = self.processor.build_understanding_batch(prompts)
         if isinstance(generator, int) and not isinstance(generator, bool):
