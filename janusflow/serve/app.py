@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import JanusFlowError
 from .engine import Engine
@@ -31,6 +32,7 @@ from .worker import Cancelled, ModelWorker, QueueFull, RequestTimeout
 log = logging.getLogger("janusflow.serve")
 
 ERROR_RESPONSES = {
+    400: {"model": ErrorResponse, "description": "the body is not valid JSON"},
     413: {"model": ErrorResponse, "description": "the body or the image is over a size limit"},
     415: {"model": ErrorResponse, "description": "the image is neither PNG nor JPEG"},
     422: {"model": ErrorResponse, "description": "a field is missing, malformed or out of bounds"},
@@ -166,6 +168,11 @@ def create_app(engine: Engine, limits: ServeLimits | None = None, *, ui: bool = 
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
         why = str(first.get("msg", "invalid")).removeprefix("Value error, ")
         return error_response(422, field, f"{what}{why}{more}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException):  # 400 unreadable body, 404, 405
+        field = "body" if e.status_code == 400 else None
+        return error_response(e.status_code, field, str(e.detail), getattr(e, "headers", None))
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, e: Exception):

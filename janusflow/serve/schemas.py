@@ -70,7 +70,7 @@ def request_models(limits: ServeLimits):
         prompt: str = Field(min_length=1, max_length=limits.max_prompt_chars,
                             description="what to draw", examples=["a red circle above a blue square"])
         num_images: int = Field(1, ge=1, le=limits.max_images_per_request)
-        steps: int = Field(30, ge=1, le=limits.max_steps, description="ODE steps")
+        steps: int = Field(min(30, limits.max_steps), ge=1, le=limits.max_steps, description="ODE steps")
         guidance_scale: float = Field(2.0, ge=0.0, le=limits.max_guidance_scale, allow_inf_nan=False,
                                       description="classifier-free guidance weight w (1 = no guidance)")
         seed: Optional[int] = Field(None, ge=0, le=MAX_SEED, description="noise seed; null draws one")
@@ -89,7 +89,7 @@ def request_models(limits: ServeLimits):
                            description="a PNG or JPEG image, base64-encoded (a data: URL prefix is allowed)")
         question: str = Field(min_length=1, max_length=limits.max_question_chars,
                               examples=["What is in this image?"])
-        max_new_tokens: int = Field(128, ge=1, le=limits.max_new_tokens)
+        max_new_tokens: int = Field(min(128, limits.max_new_tokens), ge=1, le=limits.max_new_tokens)
 
         @field_validator("question")
         @classmethod
