@@ -60,6 +60,7 @@ class GenBatch:
     gen_pixels: torch.Tensor | None = None  # (B, 3, P, P) in [-1, 1], for the latent encoder
     und_pixels: torch.Tensor | None = None  # (B, 3, S, S), REPA target input
     und_features: torch.Tensor | None = None  # (B, N, W), cached REPA target
+    weight: torch.Tensor | None = None  # (B,) 1 for real rows, 0 for a placeholder row (FSDP), None: all 1
 
 
 @dataclass
@@ -68,6 +69,7 @@ class JanusFlowBatch:
     text: CEBatch | None = None
     gen: GenBatch | None = None
     skipped: int = 0
+    placeholders: tuple[str, ...] = ()  # parts holding one placeholder row that adds nothing (FSDP)
 
 
 @dataclass
@@ -215,6 +217,7 @@ def gen_batch(processor, items: list[GenItem]) -> GenBatch:
             raise InputError(f"mixed cached and uncached {name} in one batch")
         return torch.stack(values)
 
+    weight = torch.tensor([getattr(item, "weight", 1.0) for item in items])
     return GenBatch(ids, mask, dropped, torch.stack([i.x0 for i in items]), torch.cat([i.t for i in items]),
                     latents=stack("latent"), gen_pixels=stack("gen_pixels"), und_pixels=stack("und_pixels"),
-                    und_features=stack("features"))
+                    und_features=stack("features"), weight=None if bool((weight == 1).all()) else weight)

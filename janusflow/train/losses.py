@@ -28,16 +28,21 @@ def next_token_ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
                            ignore_index=IGNORE, reduction="sum")
 
 
-def rectified_flow_sum(velocity: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+def _weighted_sum(per_sample: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    return per_sample.sum() if weight is None else (per_sample * weight.to(per_sample)).sum()
+
+
+def rectified_flow_sum(velocity: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor,
+                       weight: torch.Tensor | None = None) -> torch.Tensor:
     """Sum over samples of the per-sample MSE to the straight-line velocity x1 - x0."""
     error = (velocity.float() - velocity_target(x0, x1).float()) ** 2  # (B, C, H, W)
-    return error.flatten(1).mean(dim=1).sum()
+    return _weighted_sum(error.flatten(1).mean(dim=1), weight)
 
 
-def repa_sum(projected: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def repa_sum(projected: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Sum over samples of the token-mean (1 - cosine similarity); both (B, N, W)."""
     cosine = F.cosine_similarity(projected.float(), target.float(), dim=-1)  # (B, N)
-    return (1.0 - cosine).mean(dim=1).sum()
+    return _weighted_sum((1.0 - cosine).mean(dim=1), weight)
 
 
 class RepaProjector(nn.Module):

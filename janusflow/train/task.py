@@ -24,11 +24,12 @@ from ..flow import TIME_SCALE, interpolate
 from ..modeling import JanusFlowModel
 from ..processor import JanusFlowProcessor, position_ids_from_left_padding
 from . import lora as lora_utils
-from .collate import (CollateConfig, GenItem, JanusFlowBatch, ce_batch, encode_conversation, encode_text,
+from .collate import (IGNORE, CollateConfig, GenItem, JanusFlowBatch, ce_batch, encode_conversation, encode_text,
                       gen_batch, und_batch)
 from .config import LossConfig, TrainConfig
 from .losses import RepaProjector, next_token_ce_sum, rectified_flow_sum, repa_sum
-from .samples import TASKS
+from ..tokenizer_build import IMAGE_TOKEN
+from .samples import TASKS, CaptionSample, ConversationSample, TextSample
 from .sources import Epochs, Mixture, open_source
 from .trainer import Shard, share
 
@@ -99,7 +100,7 @@ class JanusFlowObjective(nn.Module):
         out = model.forward_generation(prefix, x_t, g.t * TIME_SCALE, attention_mask=mask,
                                        position_ids=position_ids_from_left_padding(mask),
                                        output_hidden_states=self.repa_head is not None)
-        rf = rectified_flow_sum(out.velocity, g.x0, x1)
+        rf = rectified_flow_sum(out.velocity, g.x0, x1, g.weight)
         if self.repa_head is None:
             return rf, rf.new_zeros(())
         projected = self.repa_head(out.hidden_states[self.losses.repa_layer][:, -N:])  # (B, N, W)
@@ -108,7 +109,7 @@ class JanusFlowObjective(nn.Module):
         else:
             with torch.no_grad():  # no gradient into the understanding encoder
                 target = model.und_encoder(g.und_pixels.to(projected.dtype))  # (B, N, W)
-        return rf, repa_sum(projected, target)
+        return rf, repa_sum(projected, target, g.weight)
 
 
 def build_model(config: TrainConfig) -> tuple[JanusFlowModel, JanusFlowProcessor]:
@@ -148,6 +149,17 @@ def build_latent_encoder(config: TrainConfig, model: JanusFlowModel):
         raise ConfigError(f"the VAE makes {encoder.latent_channels}-channel latents, the model takes "
                           f"{gen.latent_channels}")
     return encoder
+
+
+def placeholder_sample(task: str):
+    """A row that runs the forward pass and adds nothing (its labels are ignored, its weight is 0)."""
+    from PIL import Image
+
+    image = Image.new("RGB", (8, 8), (127, 127, 127))
+    if task == "und":
+        return ConversationSample([{"role": "User", "content": IMAGE_TOKEN}, {"role": "Assistant", "content": "x"}],
+                                  [image])
+    return TextSample("x") if task == "text" else CaptionSample("x", image)
 
 
 class JanusFlowTask:
@@ -204,10 +216,12 @@ class JanusFlowTask:
         self.base = {"step": 0, "positions": {k: 0 for k in TASKS}}
         self.next_step = 0
         self.read_count = self.skip_count = 0
+        self.pad_parts = False
 
     # -- TrainTask --------------------------------------------------------------------------------
     def setup(self, ctx) -> None:
         self.device = ctx.device
+        self.pad_parts = ctx.active and self.config.trainer.distributed == "fsdp"
         if self.latent_encoder is not None:
             self.latent_encoder.to(ctx.device)
 
@@ -231,18 +245,21 @@ class JanusFlowTask:
     def micro_batches(self, step: int, shard: Shard) -> list[JanusFlowBatch]:
         slots = self._slots(step)
         self.next_step = step + 1
-        return [self._collate(part) for part in shard.split(slots)]
+        # FSDP: every process must run the same forward passes, so a part present anywhere in the
+        # step is run everywhere (with a placeholder row that adds nothing where it has no sample)
+        needed = {task for task, _, _ in slots} if self.pad_parts else set()
+        return [self._collate(part, needed) for part in shard.split(slots)]
 
     def counts(self, batch: JanusFlowBatch) -> dict[str, float]:
         counts = {"samples": 0.0, "tokens": 0.0, "ce_tokens": 0.0, "ce_und_tokens": 0.0, "ce_text_tokens": 0.0,
                   "gen_samples": 0.0, "skipped": float(batch.skipped)}
         for key, part in (("und", batch.und), ("text", batch.text)):
-            if part is not None:
+            if part is not None and key not in batch.placeholders:
                 counts["samples"] += part.input_ids.shape[0]
                 counts["tokens"] += float(part.attention_mask.sum())
                 counts[f"ce_{key}_tokens"] = float(part.num_targets)
         counts["ce_tokens"] = counts["ce_und_tokens"] + counts["ce_text_tokens"]
-        if batch.gen is not None:
+        if batch.gen is not None and "gen" not in batch.placeholders:
             g = batch.gen
             rows = g.input_ids.shape[0]
             counts["samples"] += rows
@@ -261,12 +278,28 @@ class JanusFlowTask:
             # the mix changed on resume: continue every stream where the checkpoint left it
             self.base = {"step": self.next_step, "positions": state["positions"]}
 
-    def export(self, directory: Path) -> None:
-        model = lora_utils.merged_copy(self.model) if lora_utils.has_lora(self.model) else self.model
+    def export(self, directory: Path, model: JanusFlowModel | None = None) -> None:
+        """``save_pretrained`` of the model (LoRA merged), its processor and its VAE (``vae/``)."""
+        model = self.model if model is None else model
+        model = lora_utils.merged_copy(model) if lora_utils.has_lora(model) else model
         model.save_pretrained(directory)
         self.processor.save_pretrained(directory)
         if self.latent_encoder is not None and hasattr(self.latent_encoder, "save_pretrained"):
             self.latent_encoder.save_pretrained(Path(directory) / "vae")
+
+    def export_state(self, directory: Path, state: dict[str, torch.Tensor]) -> None:
+        """Export from a full state dict of :attr:`module` (FSDP runs, where the module is sharded)."""
+        from ..checkpoint import build_meta
+
+        model = build_meta(self.model.config).to_empty(device="cpu")
+        if lora_utils.has_lora(self.model):
+            lora = self.config.lora
+            lora_utils.apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules)
+        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+        from ..checkpoint import _materialize_buffers
+
+        _materialize_buffers(model, torch.device("cpu"))
+        self.export(directory, model)
 
     # -- data -------------------------------------------------------------------------------------
     def _positions(self, step: int, mixture: Mixture) -> dict[str, int]:
@@ -278,23 +311,28 @@ class JanusFlowTask:
         return [(task, base_pos[task] + position, slot)
                 for task, position, slot in self.mixture.step_slots(step - base_step)]
 
-    def _collate(self, part: list[tuple[str, int, int]]) -> JanusFlowBatch:
+    def _collate(self, part: list[tuple[str, int, int]], needed: set[str] = frozenset()) -> JanusFlowBatch:
         und, text, gen = [], [], []
         skipped = 0
+        placeholders = tuple(t for t in TASKS if t in needed and not any(task == t for task, _, _ in part))
+        part = part + [(t, -1, -1) for t in placeholders]
         for task, position, slot in part:
             self.read_count += 1
             try:
-                sample = self.sources[task].read(position)
+                sample = self.sources[task].read(position) if position >= 0 else placeholder_sample(task)
                 if task == "und":
-                    und.append(encode_conversation(self.processor, sample))
+                    ids, labels, pixels = encode_conversation(self.processor, sample)
+                    und.append((ids, labels if position >= 0 else [IGNORE] * len(ids), pixels))
                 elif task == "text":
-                    text.append(encode_text(self.processor, sample, self.collate.max_text_tokens))
+                    ids, labels = encode_text(self.processor, sample, self.collate.max_text_tokens)
+                    text.append((ids, labels if position >= 0 else [IGNORE] * len(ids)))
                 else:
                     gen.append(GenItem(self.processor, sample, self.collate, slot))
+                    gen[-1].weight = 0.0 if position < 0 else 1.0
             except Exception as e:  # noqa: BLE001 - one bad sample must not end the run; it is counted
                 skipped += 1
                 self._report_skip(task, position, e)
-        batch = JanusFlowBatch(skipped=skipped)
+        batch = JanusFlowBatch(skipped=skipped, placeholders=placeholders)
         if und:
             batch.und = und_batch(self.processor, und)
         if text:

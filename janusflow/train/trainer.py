@@ -343,9 +343,22 @@ class Trainer:
                 self.task.export(run_dir / "export-raw")
 
     def _export_fsdp(self, run_dir: Path, ema: EMA | None, ctx: Dist) -> None:
-        # Exporting needs full weights: rebuild them from the checkpoint just written, on one process.
-        if ctx.main:
-            print(f"FSDP run: export from {self.checkpoint_path} with `python -m janusflow.train export`")
+        """Sharded weights: gather full copies (a collective), then the task exports them on one process
+        through ``task.export_state(directory, state_dict)``."""
+        from .checkpointing import _full, _model_state
+
+        raw = _model_state(self.task.module)
+        ema_state = {k: _full(v) for k, v in ema.state_dict().items()} if ema is not None else None
+        if not ctx.main:
+            return
+        if not hasattr(self.task, "export_state"):
+            print(f"FSDP run: this task has no export_state; the weights are in {self.checkpoint_path}")
+            return
+        if ema_state is not None:
+            self.task.export_state(run_dir / "export", {**raw, **ema_state})
+            self.task.export_state(run_dir / "export-raw", raw)
+        else:
+            self.task.export_state(run_dir / "export", raw)
 
     def _save_config(self, run_dir: Path, ctx: Dist) -> None:
         if not ctx.main or not self.resolved_config:
