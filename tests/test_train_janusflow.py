@@ -229,3 +229,28 @@ def test_config_errors_name_the_key(toy, tmp_path):
         load_config(None, toy_overrides(toy, tmp_path) + ["stage.batch_size=many"])
     with pytest.raises(ConfigError, match="repa_layer"):
         make_task(toy, tmp_path, "losses.repa_layer=6")  # the tiny LLM has 2 blocks
+
+
+def red_squares():  # a factory named in a config as python:tests.test_train_janusflow:red_squares
+    return lambda position: CaptionSample("a red square", draw("red", "square"))
+
+
+def test_a_config_can_name_a_python_source(toy, tmp_path, monkeypatch):
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    config = load_config(None, toy_overrides(toy, tmp_path) + ["stage.ratio={gen: 1}",
+                                                              "data.gen=python:tests.test_train_janusflow:red_squares"])
+    batch = JanusFlowTask(config).micro_batches(0, Shard(0, 1, 1))[0]
+    assert batch.gen.input_ids.shape[0] == 6 and batch.skipped == 0
+    assert "tests.test_train_janusflow" in sys.modules
+
+
+def test_example_configs_parse():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert len(configs) >= 5
+    stages = {load_config(path).stage.name for path in configs}
+    assert {"adaptation-small", "pretrain-small", "sft-small", "sft"} <= stages

@@ -34,6 +34,7 @@ from ..errors import InputError
 from .samples import FROM_RECORD, TASKS, CaptionSample, Sample, TextSample, check_sample
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
+PYTHON = "python:"
 
 
 def sample_generator(*keys: Any) -> torch.Generator:
@@ -203,9 +204,14 @@ class Epochs:
 
 def open_source(task: str, spec: Any) -> Source:
     """A source from a config entry: a path (``.jsonl`` or ``.tar``, a glob, or a folder of shards),
-    a list of paths, or a Python object (list, function, iterable, or a Source itself)."""
+    a list of paths, ``python:package.module:factory`` (``factory()`` returns one of the following),
+    or a Python object: a Source, a list, a function of the position, or an iterable."""
     if task not in TASKS:
         raise InputError(f"unknown task {task!r}; tasks are {TASKS}")
+    if isinstance(spec, list) and len(spec) == 1 and str(spec[0]).startswith(PYTHON):
+        spec = spec[0]
+    if isinstance(spec, str) and spec.startswith(PYTHON):
+        return open_source(task, _python_object(spec)())
     if hasattr(spec, "read") and hasattr(spec, "length"):
         return spec
     if isinstance(spec, (str, os.PathLike)) or (isinstance(spec, list) and spec and
@@ -222,6 +228,17 @@ def open_source(task: str, spec: Any) -> Source:
     if isinstance(spec, Iterable):
         return IterableSource(task, spec)
     raise InputError(f"cannot read {task} data from {type(spec).__name__}")
+
+
+def _python_object(spec: str):
+    """``python:package.module:name`` -> that object (a zero-argument factory of a source)."""
+    import importlib
+
+    module, _, name = spec[len(PYTHON):].partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise InputError(f"cannot import {spec!r}: {e}") from None
 
 
 def _expand_paths(specs: list[str | os.PathLike]) -> list[Path]:
