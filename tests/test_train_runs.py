@@ -64,16 +64,14 @@ def test_resume_gives_the_same_weights_as_not_stopping(toy, tmp_path):
     # resume is exact: every random draw comes from (seed, slot), the data position from the step
     _assert_same(_checkpoint(tmp_path / "straight"), _checkpoint(tmp_path / "stopped"))
 
-    # the export loads with the inference API and generates
-    from janusflow.sampler import SamplerConfig, sample_latents
+    # the export (model, processor, VAE) loads with the inference pipeline and generates
+    from janusflow.pipeline import JanusFlowPipeline
 
-    model = JanusFlowModel.from_pretrained(tmp_path / "stopped" / "export")
-    processor = JanusFlowProcessor.from_pretrained(tmp_path / "stopped" / "export")
-    batch = processor.build_generation_batch(["a red square"], guidance=True)
-    z0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    latents = sample_latents(model, batch.input_ids, batch.attention_mask, z0, SamplerConfig(num_steps=2)).latents
-    assert latents.shape == (1, 4, 8, 8) and torch.isfinite(latents).all()
-    assert (tmp_path / "stopped" / "export" / "vae" / "config.json").is_file()
+    pipe = JanusFlowPipeline.from_pretrained(tmp_path / "stopped" / "export", device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a red square", num_inference_steps=2, generator=0).images[0]
+    assert image.size == (16, 16)  # latent 8 x the tiny VAE's factor 2
+    assert isinstance(pipe.processor, JanusFlowProcessor) and isinstance(pipe.model, JanusFlowModel)
 
 
 def _write_config(toy, run_dir, path, *extra):
