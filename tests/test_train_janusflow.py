@@ -212,7 +212,8 @@ def test_tar_shards_and_in_memory_sources(toy, tmp_path):
     assert source.length == 2 and source.read(1).caption == "a blue circle"
 
     def shapes(position):  # e.g. the shapes world, rendering on the fly
-        return CaptionSample(f"a red {('square', 'circle')[position % 2]}", draw("red", ("square", "circle")[position % 2]))
+        shape = ("square", "circle")[position % 2]
+        return CaptionSample(f"a red {shape}", draw("red", shape))
 
     config, task = make_task(toy, tmp_path / "run", f"data.gen=[{shard}]", "stage.ratio={gen: 1, text: 1}")
     assert task.micro_batches(0, Shard(0, 1, 1))[0].gen.input_ids.shape[0] == 3
@@ -254,3 +255,30 @@ def test_example_configs_parse():
     assert len(configs) >= 5
     stages = {load_config(path).stage.name for path in configs}
     assert {"adaptation-small", "pretrain-small", "sft-small", "sft"} <= stages
+
+
+def test_latent_cache_is_used_and_matches_the_live_encoder(toy, tmp_path):
+    from janusflow.train.cache import build_cache
+
+    extra = [f"data.cache={tmp_path / 'cache'}", "stage.ratio={gen: 1}", "data.shuffle=false"]
+    config = load_config(None, toy_overrides(toy, tmp_path / "a", "pretrain") + extra)
+    task = JanusFlowTask(config, use_cache=False)
+    folder = build_cache(task, config)
+    assert (folder / "gen.safetensors").is_file()
+    cached = JanusFlowTask(config)  # pretrain: the understanding encoder is frozen, so REPA targets are cached
+    sample = cached.sources["gen"].read(0)
+    assert sample.image is None and sample.latent.shape == (4, 8, 8) and sample.und_features.shape == (16, 16)
+    # the cached latent is the live encoder's latent of the centre crop
+    from janusflow.processor import load_image
+    from janusflow.train.collate import crop_square, to_pixels
+
+    image = task.sources["gen"].read(0).image
+    live = task.latent_encoder.encode(to_pixels(crop_square(load_image(image), 16, None))[None])[0]
+    assert torch.allclose(sample.latent, live, atol=1e-5)
+    batch = cached.micro_batches(0, Shard(0, 1, 1))[0]
+    assert batch.gen.und_features is not None and batch.gen.und_pixels is None
+    assert torch.isfinite(cached.module(batch, cached.counts(batch))[0])
+    # SFT trains the encoder: the cached REPA targets are not used, the live ones are of the same crop
+    config = load_config(None, toy_overrides(toy, tmp_path / "b") + extra)
+    sft = JanusFlowTask(config).micro_batches(0, Shard(0, 1, 1))[0]
+    assert sft.gen.und_features is None and sft.gen.und_pixels is not None and sft.gen.latents is not None

@@ -25,9 +25,11 @@ from .collate import crop_square, to_pixels
 
 
 def fingerprint(config) -> dict:
+    import glob
+
     files = []
     for spec in config.data.gen:
-        for path in sorted(Path().glob(spec)) if any(c in spec for c in "*?[") else [Path(spec)]:
+        for path in map(Path, sorted(glob.glob(spec)) if any(c in spec for c in "*?[") else [spec]):
             stat = path.stat() if path.exists() else None
             files.append([os.fspath(path), stat.st_size if stat else None, int(stat.st_mtime) if stat else None])
     return {"files": files, "vae": config.vae.path}
@@ -89,9 +91,9 @@ def build_cache(task, config) -> Path:
     flush()
     folder = Path(config.data.cache)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {"latents": torch.cat(latents)}
+    tensors = {"latents": torch.cat(latents).contiguous()}
     if features:
-        tensors["features"] = torch.cat(features)
+        tensors["features"] = torch.cat(features).contiguous()
     tmp = folder / "gen.safetensors.tmp"
     save_file(tensors, os.fspath(tmp))
     os.replace(tmp, folder / "gen.safetensors")

@@ -2,9 +2,10 @@
 
 Understanding: the conversation is rendered with the processor's "deepseek" template, tokenized
 once (with character offsets), and a token is a target exactly when it overlaps an Assistant
-answer (the space after "Assistant:", its text and the EOS that closes it); system prompt, User turns, role names and every
-image position (boi, image slots, eoi) get label -100. Images are padded to square as at
-inference (``preprocess_image``). Text: every token after BOS is a target, EOS appended.
+answer (the space after "Assistant:", its text and the EOS that closes it); system prompt, User
+turns, role names and every image position (boi, image slots, eoi) get label -100. Images are
+padded to square as at inference (``preprocess_image``). Text: every token after BOS is a target,
+EOS appended.
 
 Generation: the image is resized (short side) and randomly cropped to a square of the latent
 encoder's size; the same crop, preprocessed for understanding, is the REPA target's input. With

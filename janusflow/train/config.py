@@ -59,7 +59,8 @@ class LossConfig:
         if not 0.0 <= self.prompt_dropout <= 1.0:
             raise ConfigError(f"losses.prompt_dropout must be in [0, 1], got {self.prompt_dropout}")
         if self.time_distribution not in ("logit_normal", "uniform"):
-            raise ConfigError(f"losses.time_distribution must be logit_normal or uniform, got {self.time_distribution!r}")
+            raise ConfigError("losses.time_distribution must be logit_normal or uniform, "
+                              f"got {self.time_distribution!r}")
         if self.time_std <= 0 or self.repa_weight < 0 or self.repa_layer < 1:
             raise ConfigError("losses: time_std must be > 0, repa_weight >= 0, repa_layer >= 1")
 
