@@ -93,13 +93,16 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=32, help="generation prompt length")
     parser.add_argument("--gen-steps", type=int, default=1)
     parser.add_argument("--tasks", nargs="+", default=["load", "understanding", "generation"])
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default 0: torch's choice)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child:
         print(json.dumps(child(args.child, args)))
         return
     passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                   if k in ("preset", "new_tokens", "text_tokens", "prompt_len", "gen_steps")]
+                   if k in ("preset", "new_tokens", "text_tokens", "prompt_len", "gen_steps", "threads")]
     print(f"# {args.preset}, random weights, fp32, CPU; {machine()}")
     results = []
     for task in args.tasks:

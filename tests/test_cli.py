@@ -228,3 +228,14 @@ def test_seed_changes_images(capsys, model_dir, tmp_path):
     torch.manual_seed(0)  # the global RNG plays no part
     assert run(capsys, "generate", "a cat", "--out", tmp_path / "again", "--model", model_dir, "--steps", 1)[0] == 0
     assert np.array_equal(np.asarray(Image.open(tmp_path / "again" / "0000.png")), a)
+
+
+def test_official_layout_with_separate_vae(capsys, model_dir, tmp_path):
+    """--model reads the official layout (no vae/ inside, as the release); --vae names the VAE folder."""
+    official = make_model_folder(tmp_path / "JanusFlow-official", official=True, with_vae=False)
+    code, out, err = run(capsys, "generate", "a cat", "--out", tmp_path / "o", "--model", official,
+                         "--vae", model_dir / "vae", "--steps", 1)
+    assert code == 0, err
+    assert Image.open(tmp_path / "o" / "0000.png").size == (96, 96)  # 48 x 48 latents, x2 tiny VAE
+    code, out, err = run(capsys, "generate", "a cat", "--out", tmp_path / "o2", "--model", official, "--steps", 1)
+    assert code == 1 and "--vae" in err and err.count("\n") == 1
