@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shutil
 import sys
 import time
@@ -277,7 +278,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, from {list(STAGES)}")
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority by N (background runs)")
     args = parser.parse_args(argv)
+    if args.nice:
+        os.nice(args.nice)
 
     torch.set_num_threads(args.threads)
     settings = PRESETS[args.preset]
