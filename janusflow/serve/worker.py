@@ -65,7 +65,11 @@ class Job:
     async def wait(self) -> Any:
         """Wait for the result in the event loop."""
         wrapped = asyncio.wrap_future(self.future)
-        done, _ = await asyncio.wait({wrapped}, timeout=max(0.0, self.deadline - time.monotonic()))
+        try:
+            done, _ = await asyncio.wait({wrapped}, timeout=max(0.0, self.deadline - time.monotonic()))
+        except asyncio.CancelledError:  # the client went away: free the model too
+            self.cancel()
+            raise
         if not done:
             self.cancel()
             raise RequestTimeout(f"the request did not finish within {self.timeout_s:g} s")
