@@ -354,6 +354,10 @@ class JanusFlowProcessor:
 
     def encode_text(self, text: str) -> list[int]:
         """Token ids of `text` with BOS first (prepended here, whatever the tokenizer's post-processor does)."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:  # lone surrogates ("\ud800") are valid JSON but not text
+            raise InputError(f"text is not valid Unicode ({e.reason} at position {e.start})") from None
         return [self.bos_id] + self.tokenizer.encode(text, add_special_tokens=False)
 
     def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:

@@ -3,8 +3,8 @@
 
 It generates an image and sees it in the gallery (and the progress indicator while it runs), then
 uploads an image, asks a question and sees the model's answer stream into the chat; the answer must
-be the one the library gives for the same image and question. Screenshots of both tabs go to
-docs/screenshot.png (generation) and docs/screenshot-chat.png (chat).
+be the one the library gives for the same image and question. Screenshots of both tabs
+(screenshot.png, screenshot-chat.png) go to $JANUSFLOW_SCREENSHOTS, e.g. docs/ for the README.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import re
 import shutil
 import socket
 import subprocess
+import tempfile
 import sys
 import time
 import urllib.request
@@ -28,7 +29,9 @@ sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+# Screenshots go to $JANUSFLOW_SCREENSHOTS (e.g. docs/, to refresh the README's) or to a temporary folder,
+# so a test run leaves the working tree clean.
+SHOTS = Path(os.environ.get("JANUSFLOW_SCREENSHOTS") or tempfile.mkdtemp(prefix="janusflow-shots-"))
 QUESTION = "What is in the image?"
 MAX_NEW_TOKENS = 24
 
@@ -114,8 +117,8 @@ def test_generate_shows_progress_then_the_image_in_the_gallery(page):
                           ": img.onload = () => ok([img.naturalWidth, img.naturalHeight]))")
     assert size == [32, 32]  # the tiny VAE's image side
     expect(page.locator("#gen-seed")).to_contain_text("seed 0")
-    DOCS.mkdir(exist_ok=True)
-    page.screenshot(path=str(DOCS / "screenshot.png"))
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "screenshot.png"))
 
 
 def test_upload_ask_and_see_the_answer(page, model_dir, tmp_path):
@@ -149,7 +152,8 @@ def test_upload_ask_and_see_the_answer(page, model_dir, tmp_path):
     while answers.nth(1).inner_text() != previous and time.monotonic() < deadline:  # until it stops growing
         previous = answers.nth(1).inner_text()
         page.wait_for_timeout(700)
-    page.screenshot(path=str(DOCS / "screenshot-chat.png"))
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "screenshot-chat.png"))
 
 
 def test_the_server_logged_one_line_a_request_without_image_bytes(server):
