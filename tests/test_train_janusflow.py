@@ -282,3 +282,16 @@ def test_latent_cache_is_used_and_matches_the_live_encoder(toy, tmp_path):
     config = load_config(None, toy_overrides(toy, tmp_path / "b") + extra)
     sft = JanusFlowTask(config).micro_batches(0, Shard(0, 1, 1))[0]
     assert sft.gen.und_features is None and sft.gen.und_pixels is not None and sft.gen.latents is not None
+
+
+def test_fsdp_placeholder_rows_add_nothing(toy, tmp_path):
+    _, task = make_task(toy, tmp_path, "stage.ratio={und: 1, gen: 1, text: 1}", "stage.batch_size=3")
+    shard = Shard(0, 3, 1)  # this process gets one slot of the three tasks
+    plain = task.micro_batches(0, shard)[0]
+    task.pad_parts = True
+    padded = task.micro_batches(0, shard)[0]
+    assert len(padded.placeholders) == 2 and not plain.placeholders
+    assert task.counts(plain) == task.counts(padded)
+    totals = {k: v * 3 for k, v in task.counts(plain).items()}  # as if the other processes had theirs
+    with torch.no_grad():
+        assert task.module(plain, totals)[0] == task.module(padded, totals)[0]

@@ -50,9 +50,14 @@ def _train(config_path: str, overrides: list[str]) -> int:
     from .task import JanusFlowTask
     from .trainer import Trainer
 
+    from .distributed import teardown
+
     config = load_config(config_path, overrides)
     task = JanusFlowTask(config)
-    result = Trainer(task, config.trainer_config(), resolved_config=config.to_dict()).fit()
+    try:
+        result = Trainer(task, config.trainer_config(), resolved_config=config.to_dict()).fit()
+    finally:
+        teardown()
     if result["stopped"]:
         print(f"interrupted at step {result['step']}; checkpoint {result['checkpoint']}", file=sys.stderr)
     return 0

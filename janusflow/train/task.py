@@ -312,38 +312,42 @@ class JanusFlowTask:
                 for task, position, slot in self.mixture.step_slots(step - base_step)]
 
     def _collate(self, part: list[tuple[str, int, int]], needed: set[str] = frozenset()) -> JanusFlowBatch:
-        und, text, gen = [], [], []
+        rows: dict[str, list] = {task: [] for task in TASKS}
         skipped = 0
-        placeholders = tuple(t for t in TASKS if t in needed and not any(task == t for task, _, _ in part))
-        part = part + [(t, -1, -1) for t in placeholders]
         for task, position, slot in part:
             self.read_count += 1
             try:
-                sample = self.sources[task].read(position) if position >= 0 else placeholder_sample(task)
-                if task == "und":
-                    ids, labels, pixels = encode_conversation(self.processor, sample)
-                    und.append((ids, labels if position >= 0 else [IGNORE] * len(ids), pixels))
-                elif task == "text":
-                    ids, labels = encode_text(self.processor, sample, self.collate.max_text_tokens)
-                    text.append((ids, labels if position >= 0 else [IGNORE] * len(ids)))
-                else:
-                    gen.append(GenItem(self.processor, sample, self.collate, slot))
-                    gen[-1].weight = 0.0 if position < 0 else 1.0
+                rows[task].append(self._encode(task, self.sources[task].read(position), slot))
             except Exception as e:  # noqa: BLE001 - one bad sample must not end the run; it is counted
                 skipped += 1
                 self._report_skip(task, position, e)
+        placeholders = tuple(task for task in TASKS if task in needed and not rows[task])
+        for task in placeholders:
+            rows[task].append(self._encode(task, placeholder_sample(task), -1, placeholder=True))
         batch = JanusFlowBatch(skipped=skipped, placeholders=placeholders)
-        if und:
-            batch.und = und_batch(self.processor, und)
-        if text:
-            batch.text = ce_batch(text, self.processor.pad_id)
-        if gen:
-            batch.gen = gen_batch(self.processor, gen)
+        if rows["und"]:
+            batch.und = und_batch(self.processor, rows["und"])
+        if rows["text"]:
+            batch.text = ce_batch(rows["text"], self.processor.pad_id)
+        if rows["gen"]:
+            batch.gen = gen_batch(self.processor, rows["gen"])
             if batch.gen.latents is None:
                 with torch.no_grad():
                     batch.gen.latents = self.latent_encoder.encode(batch.gen.gen_pixels.to(self.device))
                 batch.gen.gen_pixels = None
         return batch
+
+    def _encode(self, task: str, sample, slot: int, placeholder: bool = False):
+        """One sample -> its row; a placeholder row's labels are all ignored and its weight is 0."""
+        if task == "und":
+            ids, labels, pixels = encode_conversation(self.processor, sample)
+            return ids, [IGNORE] * len(ids) if placeholder else labels, pixels
+        if task == "text":
+            ids, labels = encode_text(self.processor, sample, self.collate.max_text_tokens)
+            return ids, [IGNORE] * len(ids) if placeholder else labels
+        item = GenItem(self.processor, sample, self.collate, slot)
+        item.weight = 0.0 if placeholder else 1.0
+        return item
 
     def _report_skip(self, task: str, position: int, error: Exception) -> None:
         self.skip_count += 1
