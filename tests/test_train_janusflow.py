@@ -295,3 +295,16 @@ def test_fsdp_placeholder_rows_add_nothing(toy, tmp_path):
     totals = {k: v * 3 for k, v in task.counts(plain).items()}  # as if the other processes had theirs
     with torch.no_grad():
         assert task.module(plain, totals)[0] == task.module(padded, totals)[0]
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(toy, tmp_path):
+    grads = []
+    for checkpointing in ("false", "true"):
+        _, task = make_task(toy, tmp_path, f"trainer.gradient_checkpointing={checkpointing}")
+        task.module.train()
+        batch = task.micro_batches(0, Shard(0, 1, 1))[0]
+        task.module(batch, task.counts(batch))[0].backward()
+        grads.append({n: p.grad.clone() for n, p in task.module.named_parameters() if p.grad is not None})
+    assert task.model.language_model.model.gradient_checkpointing
+    assert grads[0].keys() == grads[1].keys()
+    assert all(torch.allclose(grads[0][k], grads[1][k], atol=1e-6) for k in grads[0])

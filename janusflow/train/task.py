@@ -177,10 +177,12 @@ class JanusFlowTask:
         if config.lora.enabled:
             lora_utils.apply_lora(model, config.lora.r, config.lora.alpha, config.lora.dropout,
                                   config.lora.target_modules)
-        if config.trainer.gradient_checkpointing:
-            kwargs = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
-            model.language_model.gradient_checkpointing_enable(**kwargs)
-            model.und_encoder.siglip.gradient_checkpointing_enable(**kwargs)
+        if config.trainer.gradient_checkpointing:  # recompute each block's activations in backward
+            for part in (model.language_model, model.und_encoder.siglip):
+                if hasattr(part, "activation_checkpointing_enable"):  # transformers >= 5.x
+                    part.activation_checkpointing_enable({"use_reentrant": False})
+                else:
+                    part.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.module = JanusFlowObjective(model, config.losses)
         self.model = model
         self.latent_encoder = latent_encoder if latent_encoder is not None else build_latent_encoder(config, model)

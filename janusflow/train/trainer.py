@@ -24,6 +24,7 @@ example; ``tests/test_train_trainer.py`` has a 30-line one)::
         def load_state_dict(self, state: dict): ...
         def export(self, directory: Path): ...        # the released artefact (save_pretrained)
         def setup(self, ctx: Dist): ...               # optional: move helpers (a frozen VAE) to ctx.device
+        def export_state(self, directory, state): ... # optional, FSDP: export from a gathered state dict
 
 The loss contract (what makes accumulation and data parallelism exact): before the forward
 passes of a step the trainer sums ``counts`` over every micro-batch of every process and hands
