@@ -308,3 +308,12 @@ def test_gradient_checkpointing_gives_the_same_gradients(toy, tmp_path):
     assert task.model.language_model.model.gradient_checkpointing
     assert grads[0].keys() == grads[1].keys()
     assert all(torch.allclose(grads[0][k], grads[1][k], atol=1e-6) for k in grads[0])
+
+
+def test_janusflow_train_command(tmp_path, capsys):
+    from janusflow.cli import main
+
+    assert main(["train", "toy-data", str(tmp_path / "toy")]) == 0
+    assert (tmp_path / "toy" / "gen.jsonl").is_file() and (tmp_path / "toy" / "tokenizer").is_dir()
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 1
+    assert "cannot read the config" in capsys.readouterr().err

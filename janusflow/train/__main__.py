@@ -24,7 +24,7 @@ def add_train_subcommand(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("train", help="train JanusFlow (a stage of the recipe) from a YAML config",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _arguments(parser)
-    parser.set_defaults(func=run_from_args)
+    parser.set_defaults(func=run_from_args, run=run_from_args)
     return parser
 
 
@@ -40,9 +40,9 @@ def run_from_args(args: argparse.Namespace) -> int:
         if args.config == "cache":
             return _cache(args.overrides)
         return _train(args.config, args.overrides)
-    except JanusFlowError as e:
+    except JanusFlowError as e:  # bad config, data or files: one line, status 1 (as `janusflow`)
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 1
 
 
 def _train(config_path: str, overrides: list[str]) -> int:
