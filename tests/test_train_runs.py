@@ -25,6 +25,15 @@ from janusflow.train.toydata import toy_overrides, write_toy_data
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run as fast on one thread, and a second one only spins on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     return write_toy_data(tmp_path_factory.mktemp("toy"), count=12)
@@ -89,7 +98,7 @@ def _env(threads: int) -> dict[str, str]:
 
 def test_sigterm_writes_a_checkpoint_and_exits_cleanly(toy, tmp_path):
     cfg = _write_config(toy, tmp_path / "run", tmp_path / "run.yaml", "stage.steps=10000", "trainer.save_every=10000")
-    proc = subprocess.Popen([sys.executable, "-m", "janusflow.train", str(cfg)], cwd=tmp_path, env=_env(2),
+    proc = subprocess.Popen([sys.executable, "-m", "janusflow.train", str(cfg)], cwd=tmp_path, env=_env(1),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = tmp_path / "run" / "log.csv"
     deadline = time.time() + 120
