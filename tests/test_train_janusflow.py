@@ -326,3 +326,16 @@ def test_janusflow_train_command(tmp_path, capsys):
     assert (tmp_path / "toy" / "gen.jsonl").is_file() and (tmp_path / "toy" / "tokenizer").is_dir()
     assert main(["train", str(tmp_path / "missing.yaml")]) == 1
     assert "cannot read the config" in capsys.readouterr().err
+
+
+def test_changing_the_mix_on_resume_continues_each_stream(toy, tmp_path):
+    _, task = make_task(toy, tmp_path, "stage.ratio={und: 1, gen: 1}", "stage.batch_size=4")
+    for step in range(3):
+        task.micro_batches(step, Shard(0, 1, 1))
+    state = json.loads(json.dumps(task.state_dict()))  # as stored in trainer_state.json
+    assert state["positions"] == {"und": 6, "gen": 6, "text": 0}
+    _, changed = make_task(toy, tmp_path, "stage.ratio={und: 1, gen: 3}", "stage.batch_size=4")
+    changed.load_state_dict(state)
+    slots = changed._slots(3)
+    assert sorted((t, p) for t, p, _ in slots) == [("gen", 6), ("gen", 7), ("gen", 8), ("und", 6)]
+    assert len({key for _, _, key in slots + task._slots(0)}) == 8  # fresh random keys after the rebase

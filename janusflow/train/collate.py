@@ -12,7 +12,7 @@ encoder's size; the same crop, preprocessed for understanding, is the REPA targe
 probability ``prompt_dropout`` the prompt row is replaced by its unconditional row from
 :func:`janusflow.processor.make_uncond`, the one function the sampler uses for guidance. Every
 random number of a sample (crop, dropout, t, x0) comes from a generator seeded by
-(seed, global slot), so processes and resumed runs draw the same values.
+(seed, slot key), the slot's place in the run, so processes and resumed runs draw the same values.
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ def to_pixels(image: Image.Image) -> torch.Tensor:
 class GenItem:
     """One prepared generation row (prompt ids, random draws, pixels or cached tensors)."""
 
-    def __init__(self, processor, sample: CaptionSample, cfg: CollateConfig, slot: int):
+    def __init__(self, processor, sample: CaptionSample, cfg: CollateConfig, slot):
         g = sample_generator(cfg.seed, "gen", slot)
         self.ids = processor.encode_generation_prompt(sample.caption)
         self.latent, self.features = sample.latent, sample.und_features

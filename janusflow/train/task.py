@@ -308,12 +308,13 @@ class JanusFlowTask:
         rel = mixture.positions(step - self.base["step"])
         return {k: self.base["positions"][k] + rel[k] for k in TASKS}
 
-    def _slots(self, step: int) -> list[tuple[str, int, int]]:
+    def _slots(self, step: int) -> list[tuple[str, int, tuple[int, int]]]:
+        """(task, position in its stream, random key) of each slot of the global batch of ``step``."""
         base_pos, base_step = self.base["positions"], self.base["step"]
-        return [(task, base_pos[task] + position, slot)
+        return [(task, base_pos[task] + position, (base_step, slot))  # key: unique even after a rebase
                 for task, position, slot in self.mixture.step_slots(step - base_step)]
 
-    def _collate(self, part: list[tuple[str, int, int]], needed: set[str] = frozenset()) -> JanusFlowBatch:
+    def _collate(self, part: list[tuple[str, int, tuple[int, int]]], needed: set[str] = frozenset()) -> JanusFlowBatch:
         rows: dict[str, list] = {task: [] for task in TASKS}
         skipped = 0
         for task, position, slot in part:
@@ -339,7 +340,7 @@ class JanusFlowTask:
                 batch.gen.gen_pixels = None
         return batch
 
-    def _encode(self, task: str, sample, slot: int, placeholder: bool = False):
+    def _encode(self, task: str, sample, slot, placeholder: bool = False):
         """One sample -> its row; a placeholder row's labels are all ignored and its weight is 0."""
         if task == "und":
             ids, labels, pixels = encode_conversation(self.processor, sample)
