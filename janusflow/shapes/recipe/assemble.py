@@ -1,0 +1,112 @@
+"""Assemble a trained model folder into the embedded default model (``janusflow/default_model``).
+
+    python -m janusflow.shapes.recipe.assemble runs/recipe/sft/export [--out janusflow/default_model] [--eval]
+
+Writes ``config.json`` + ``model.safetensors`` (fp16), the tokenizer files, ``processor_config.json``
+and ``vae/`` (fp16; the pipeline runs it in fp32), at most ``MAX_MB`` in all, and checks that the
+result loads with ``JanusFlowPipeline.from_pretrained`` / ``JanusFlowChat.from_pretrained``. Files
+are written to a temporary folder and moved into place one by one; anything else in the target
+(``parts/``) is left alone. With ``--eval`` the assembled model is scored (``janusflow eval shapes``
+at the recipe's final sizes) and the results are kept beside it as ``eval_shapes.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MAX_MB = 25.0
+RESULTS = "eval_shapes.json"
+DEFAULT_TARGET = Path(__file__).resolve().parents[2] / "default_model"
+
+
+def folder_mb(folder: Path, skip: tuple[str, ...] = ("parts",)) -> float:
+    """Size of the files of ``folder`` in MB (1e6 bytes), subfolders named in ``skip`` left out."""
+    total = 0
+    for path in folder.rglob("*"):
+        if path.is_file() and path.relative_to(folder).parts[0] not in skip:
+            total += path.stat().st_size
+    return total / 1e6
+
+
+def assemble(source: str | os.PathLike, target: str | os.PathLike = DEFAULT_TARGET, dtype: torch.dtype = torch.float16,
+             evaluate: bool = False, settings=None, eval_out: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Copy the model folder ``source`` (ours, with vae/) into ``target`` in ``dtype``; returns a record."""
+    from diffusers import AutoencoderKL
+
+    from ...errors import CheckpointError
+    from ...pipeline import VAE_SUBFOLDER, load_model_and_processor
+
+    source, target = Path(os.fspath(source)), Path(os.fspath(target))
+    if not (source / VAE_SUBFOLDER / "config.json").is_file():
+        raise CheckpointError(f"{source}: no {VAE_SUBFOLDER}/ folder; the default model must carry its VAE")
+    model, processor = load_model_and_processor(source, device="cpu", dtype=torch.float32)
+    staging = target.parent / f".{target.name}.assemble"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging, dtype=dtype)
+    processor.save_pretrained(staging)
+    AutoencoderKL.from_pretrained(source / VAE_SUBFOLDER, torch_dtype=dtype).save_pretrained(staging / VAE_SUBFOLDER)
+    size = folder_mb(staging)
+    if size > MAX_MB:
+        shutil.rmtree(staging)
+        raise CheckpointError(f"the assembled model is {size:.1f} MB, over the {MAX_MB:g} MB budget")
+
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(target / VAE_SUBFOLDER, ignore_errors=True)
+    (target / RESULTS).unlink(missing_ok=True)  # scores of an earlier model no longer hold
+    for path in sorted(staging.iterdir()):
+        os.replace(path, target / path.name)
+    staging.rmdir()
+    record: dict[str, Any] = {"source": str(source), "dtype": str(dtype).removeprefix("torch."),
+                              "size_mb": round(folder_mb(target), 2),
+                              "parameters": sum(p.numel() for p in model.parameters())}
+    _check_loads(target)
+    if evaluate:
+        from ..cli import evaluate_shapes
+        from .unified import PRESETS
+
+        s = settings or PRESETS["default"]
+        out = Path(eval_out) if eval_out else target.parent / f".{target.name}.eval"
+        results = evaluate_shapes(target, out, s.final_prompts, s.final_images, s.final_questions, seed=0,
+                                  show_progress=False)
+        results["model"] = "janusflow/default_model" if target.resolve() == DEFAULT_TARGET else str(target)
+        (target / RESULTS).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        if eval_out is None:
+            shutil.rmtree(out, ignore_errors=True)
+        record["eval"] = {"generation": results["generation"], "understanding": results["understanding"],
+                          "timing": results["timing"]}
+    return record
+
+
+def _check_loads(target: Path) -> None:
+    """The folder must load through the public API exactly as the commands load it."""
+    from ...pipeline import JanusFlowPipeline
+    from ...understanding import JanusFlowChat
+
+    pipe = JanusFlowPipeline.from_pretrained(target)
+    if pipe.vae is None:
+        raise RuntimeError(f"{target}: the pipeline found no VAE")
+    JanusFlowChat.from_pretrained(target)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", help="a trained model folder (ours, with vae/), e.g. runs/recipe/sft/export")
+    parser.add_argument("--out", default=str(DEFAULT_TARGET), help="target folder (default: the embedded model)")
+    parser.add_argument("--dtype", choices=("fp16", "bf16"), default="fp16")
+    parser.add_argument("--eval", action="store_true", help="score the assembled model (50 x 4 images, 1000 questions)")
+    parser.add_argument("--eval-out", default=None, help="keep the evaluation's images and answers here")
+    args = parser.parse_args(argv)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    record = assemble(args.source, args.out, dtype, evaluate=args.eval, eval_out=args.eval_out)
+    print(json.dumps(record, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,377 @@
+"""Recipe part 4: the three JanusFlow stages on the shapes world, starting from parts 1-3.
+
+    adapt    adaptation: the new modules only (aligners, boi, generation encoder/decoder);
+             LLM and understanding encoder frozen.                        und : gen : text = 50 : 50 : 0
+    unified  unified pre-training: everything but the understanding encoder. 14 : 80 : 6
+    sft      supervised fine-tuning: everything.                          21 : 70 : 9
+
+(trainable modules and task mixes are the ``janusflow.train.stages`` presets, i.e. the paper's).
+
+The model (:func:`model_config`): the LLM of ``parts/llm`` (Llama, hidden 256, 4 blocks, vocab 470),
+the SigLIP tower of ``parts/und_encoder`` (64 px, patch 8: an 8 x 8 token grid), the VAE of
+``parts/vae`` (64 x 64 pixels <-> 4 x 16 x 16 latents) and a new generation encoder/decoder whose
+patch is latent_size / und_grid (2 x 2 here), so both paths see the same 8 x 8 grid (REPA needs it).
+Its width (``gen_channels`` 128, 2 ConvNeXt blocks on each side) was chosen by CPU time: one
+guided velocity evaluation (2 rows) of the whole model costs about 20 ms of one core, so an image at
+30 Euler steps with guidance takes about 0.6 s (the target is < 1 s; width 192 gives 0.8 s, 256 1.05 s).
+
+Data (:func:`shapes_sources`), rendered on the fly, a pure function of (seed, position), so resume
+is exact with nothing stored:
+    und   a rendered scene and 1 to 3 questions about it (every form, ``sample_question``), the
+          image before the first question as at inference, the default system prompt;
+    gen   an image that passes its caption: 3/4 of the time a prompt of a random category and a
+          scene built for it (``scene_for_prompt``), else a random scene and a true prompt of it
+          (``caption_for_scene``); the trainer's latent encoder (the VAE) encodes it;
+    text  the LM corpus (``corpus.sample_text``).
+
+Each stage runs through ``run.train_stage``: segments of ``segment`` steps, each resumed from the
+newest checkpoint and followed by a fast evaluation of the EMA and the raw export (generation:
+``eval_prompts`` prompts a category x ``eval_images`` images at the default sampler settings;
+understanding: ``eval_questions`` questions on fresh scenes), appended to ``RUN_DIR/STAGE/eval.jsonl``.
+A stage starts from the previous stage's chosen export (``adapt`` from ``RUN_DIR/init``, the parts
+put together) and carries the REPA projector over. At the end of ``sft`` the model is assembled
+(fp16) into the default model folder (the parent of the parts folder) and evaluated there.
+
+    python -m janusflow.shapes.recipe.run --stages adapt,unified,sft --threads 1 --nice 10
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...config import GenerationVisionConfig, JanusFlowConfig, LanguageConfig, UnderstandingVisionConfig
+from ...errors import ConfigError
+from ..prompts import caption_for_scene, sample_prompt
+from ..questions import sample_question
+from ..render import render
+from ..sampler import sample_scene, scene_for_prompt
+from ..world import CATEGORIES
+from .corpus import sample_text
+
+# The three stages: (recipe stage name, janusflow.train stage preset giving trainable modules and mix)
+STAGE_PRESETS = {"adapt": "adaptation", "unified": "pretrain", "sft": "sft"}
+STAGE_ORDER = ("adapt", "unified", "sft")
+INIT = "init"  # RUN_DIR/init: the parts put together, the model adaptation starts from
+EVAL_SEED = 30_000_001  # fast evaluations: fresh prompts' noise and fresh scenes
+TASK_CODES = {"und": 1, "gen": 2, "text": 3}
+
+
+@dataclass
+class StagePlan:
+    """One stage's loop settings (see ``run.StageSettings``) plus what the trainer's stage needs."""
+
+    steps: int
+    segment: int
+    batch_size: int
+    lr: float
+    warmup_steps: int = 50
+    ema_decay: float = 0.998
+    save_every: int = 50
+
+
+@dataclass
+class UnifiedSettings:
+    adapt: StagePlan
+    unified: StagePlan
+    sft: StagePlan
+    gen_channels: int = 128  # generation encoder width (= decoder input width)
+    gen_layers: int = 2  # ConvNeXt blocks in the encoder and in the decoder
+    repa_layer: int = 2  # REPA aligns the hidden states after this LLM block (of 4)
+    repa_weight: float = 1.0
+    prompt_dropout: float = 0.1
+    prompt_first_share: float = 0.75  # gen captions: prompt -> scene_for_prompt; else scene -> caption
+    max_turns: int = 3  # und: questions per conversation, 1..max_turns
+    eval_prompts: int = 10  # fast evaluation after each segment: prompts a category ...
+    eval_images: int = 2  # ... images a prompt ...
+    eval_questions: int = 200  # ... and questions on fresh scenes
+    final_prompts: int = 50  # evaluation of the assembled (fp16) model
+    final_images: int = 4
+    final_questions: int = 1000
+
+
+PRESETS: dict[str, UnifiedSettings] = {
+    # sized for the 2-core CPU: a step of 32 samples takes about 3-6 s (shared machine)
+    "default": UnifiedSettings(
+        adapt=StagePlan(steps=1000, segment=250, batch_size=32, lr=1e-3, warmup_steps=50),
+        unified=StagePlan(steps=20_000, segment=500, batch_size=32, lr=5e-4, warmup_steps=100),
+        sft=StagePlan(steps=4000, segment=500, batch_size=32, lr=1e-4, warmup_steps=50),
+    ),
+    "tiny": UnifiedSettings(
+        adapt=StagePlan(steps=2, segment=1, batch_size=4, lr=1e-3, warmup_steps=1, save_every=1),
+        unified=StagePlan(steps=2, segment=2, batch_size=4, lr=1e-3, warmup_steps=1, save_every=1),
+        sft=StagePlan(steps=2, segment=2, batch_size=4, lr=1e-3, warmup_steps=1, save_every=1),
+        gen_channels=16, gen_layers=1, repa_layer=1,
+        eval_prompts=1, eval_images=1, eval_questions=3, final_prompts=1, final_images=1, final_questions=3,
+    ),
+}
+
+
+# -- the model --------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run the earlier recipe parts first "
+                                f"(python -m janusflow.shapes.recipe.run --stages vae,tokenizer,siglip,lm)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def language_from_parts(llm_dir: Path) -> LanguageConfig:
+    """The ``LanguageConfig`` of a ``LlamaForCausalLM`` folder (parts/llm)."""
+    c = _read_json(llm_dir / "config.json")
+    return LanguageConfig(
+        vocab_size=c["vocab_size"], hidden_size=c["hidden_size"], intermediate_size=c["intermediate_size"],
+        num_hidden_layers=c["num_hidden_layers"], num_attention_heads=c["num_attention_heads"],
+        num_key_value_heads=c.get("num_key_value_heads") or c["num_attention_heads"],
+        max_position_embeddings=c["max_position_embeddings"], rms_norm_eps=c["rms_norm_eps"],
+        rope_theta=float((c.get("rope_parameters") or {}).get("rope_theta", c.get("rope_theta", 10000.0))),
+        tie_word_embeddings=c.get("tie_word_embeddings", False), initializer_range=c["initializer_range"])
+
+
+def und_vision_from_parts(und_dir: Path) -> UnderstandingVisionConfig:
+    """The ``UnderstandingVisionConfig`` of a ``SiglipVisionModel`` folder (parts/und_encoder)."""
+    c = _read_json(und_dir / "config.json")
+    return UnderstandingVisionConfig(
+        image_size=c["image_size"], patch_size=c["patch_size"], width=c["hidden_size"],
+        num_layers=c["num_hidden_layers"], num_heads=c["num_attention_heads"], mlp_dim=c["intermediate_size"],
+        layer_norm_eps=c["layer_norm_eps"], use_attention_pool=c.get("vision_use_head", True))
+
+
+def gen_vision_for(und: UnderstandingVisionConfig, vae_dir: Path, channels: int, layers: int) -> GenerationVisionConfig:
+    """Generation encoder/decoder on the VAE's latents with the understanding encoder's token grid:
+    patch (kernel = stride) latent_size / grid, and log2(patch) PixelShuffle(2) stages back."""
+    c = _read_json(vae_dir / "config.json")
+    latent_size = c["sample_size"] // 2 ** (len(c["block_out_channels"]) - 1)
+    patch = latent_size // und.grid
+    if patch < 1 or patch * und.grid != latent_size or patch & (patch - 1):
+        raise ConfigError(f"the VAE's {latent_size}x{latent_size} latents cannot be cut into the understanding "
+                          f"encoder's {und.grid}x{und.grid} grid by a power-of-two patch")
+    return GenerationVisionConfig(
+        latent_channels=c["latent_channels"], latent_size=latent_size, kernel_size=patch, stride=patch,
+        channels=channels, encoder_layers=layers, decoder_in_channels=channels, decoder_layers=layers,
+        upsamples=int(math.log2(patch)))
+
+
+def model_config(parts_dir: Path, settings: UnifiedSettings) -> JanusFlowConfig:
+    und = und_vision_from_parts(parts_dir / "und_encoder")
+    config = JanusFlowConfig(language=language_from_parts(parts_dir / "llm"), und_vision=und,
+                             gen_vision=gen_vision_for(und, parts_dir / "vae", settings.gen_channels,
+                                                       settings.gen_layers))
+    config.validate()
+    return config
+
+
+def init_from_parts(parts_dir: Path, settings: UnifiedSettings, seed: int = 0):
+    """(model, processor): a fresh JanusFlowModel with the LLM and SigLIP weights of the parts copied
+    in (fp32); the aligners, boi embedding and generation encoder/decoder are newly initialised."""
+    from transformers import AutoTokenizer, LlamaForCausalLM, SiglipVisionModel
+
+    from ...modeling import JanusFlowModel
+    from ...processor import JanusFlowProcessor
+
+    config = model_config(parts_dir, settings)
+    torch.manual_seed(seed)
+    model = JanusFlowModel(config)
+    llm = LlamaForCausalLM.from_pretrained(parts_dir / "llm", dtype=torch.float32)
+    model.language_model.load_state_dict(llm.state_dict(), strict=True)
+    siglip = SiglipVisionModel.from_pretrained(parts_dir / "und_encoder", dtype=torch.float32)
+    model.und_encoder.siglip.load_state_dict(siglip.state_dict(), strict=True)
+    tokenizer = AutoTokenizer.from_pretrained(parts_dir / "tokenizer")
+    if len(tokenizer) > config.language.vocab_size:
+        raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens, the LLM {config.language.vocab_size}")
+    processor = JanusFlowProcessor(tokenizer, image_size=config.und_vision.image_size,
+                                   num_image_tokens=config.num_und_image_tokens,
+                                   num_gen_image_tokens=config.num_image_tokens,
+                                   max_length=config.language.max_position_embeddings)
+    return model.float(), processor
+
+
+def write_init(parts_dir: Path, folder: Path, settings: UnifiedSettings, seed: int = 0) -> Path:
+    """``folder``: the parts put together as a model folder (config, weights, tokenizer, processor, vae/)."""
+    from diffusers import AutoencoderKL
+
+    model, processor = init_from_parts(parts_dir, settings, seed)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    AutoencoderKL.from_pretrained(parts_dir / "vae", torch_dtype=torch.float32).save_pretrained(tmp / "vae")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+# -- data -------------------------------------------------------------------------------------------
+
+
+def sample_rng(seed: int, task: str, position: int) -> np.random.Generator:
+    return np.random.default_rng([seed, TASK_CODES[task], position])
+
+
+def understanding_sample(rng: np.random.Generator, max_turns: int = 3):
+    """A rendered scene and 1..max_turns questions about it; the image before the first question."""
+    from ...train.samples import ConversationSample
+    from ...tokenizer_build import IMAGE_TOKEN
+
+    scene = sample_scene(rng)
+    messages = []
+    for turn in range(int(rng.integers(1, max_turns + 1))):
+        qa = sample_question(rng, scene)
+        question = f"{IMAGE_TOKEN}\n{qa.question}" if turn == 0 else qa.question  # as user_message() puts it
+        messages += [{"role": "User", "content": question}, {"role": "Assistant", "content": qa.answer}]
+    return ConversationSample(messages, [render(scene)])
+
+
+def generation_sample(rng: np.random.Generator, prompt_first_share: float = 0.75):
+    """An image that passes its caption (a prompt of the six categories)."""
+    from ...train.samples import CaptionSample
+
+    if rng.random() < prompt_first_share:
+        prompt = sample_prompt(rng, CATEGORIES[int(rng.integers(len(CATEGORIES)))])
+        return CaptionSample(prompt.text, render(scene_for_prompt(rng, prompt)))
+    scene = sample_scene(rng)
+    _, caption = caption_for_scene(rng, scene)
+    return CaptionSample(caption, render(scene))
+
+
+def text_sample(rng: np.random.Generator):
+    from ...train.samples import TextSample
+
+    return TextSample(sample_text(rng))
+
+
+def shapes_sources(seed: int, settings: UnifiedSettings) -> dict[str, Any]:
+    """task -> fn(position) -> sample, for ``JanusFlowTask(sources=...)``: endless and deterministic."""
+    return {
+        "und": lambda i: understanding_sample(sample_rng(seed, "und", i), settings.max_turns),
+        "gen": lambda i: generation_sample(sample_rng(seed, "gen", i), settings.prompt_first_share),
+        "text": lambda i: text_sample(sample_rng(seed, "text", i)),
+    }
+
+
+# -- the stages -------------------------------------------------------------------------------------
+
+
+def train_config(stage: str, plan: StagePlan, settings: UnifiedSettings, start: Path, stage_dir: Path, seed: int):
+    from ...train.config import LossConfig, ModelSource, TrainConfig, VAEConfig
+    from ...train.stages import stage_preset
+
+    preset = dataclasses.replace(stage_preset(STAGE_PRESETS[stage]), lr=plan.lr, warmup_steps=plan.warmup_steps,
+                                 steps=plan.steps, batch_size=plan.batch_size)
+    config = TrainConfig(
+        run_dir=str(stage_dir), seed=seed, model=ModelSource(path=str(start)), vae=VAEConfig(path=str(start / "vae")),
+        stage=preset, losses=LossConfig(prompt_dropout=settings.prompt_dropout, repa_weight=settings.repa_weight,
+                                        repa_layer=settings.repa_layer))
+    config.trainer.ema_decay = plan.ema_decay
+    config.trainer.save_every = plan.save_every
+    config.validate()
+    return config
+
+
+def carry_repa_head(task, previous_stage_dir: Path) -> bool:
+    """Start REPA's projector from where the previous stage left it (it is not in the export)."""
+    from safetensors import safe_open
+
+    from ...train.checkpointing import latest_checkpoint
+
+    latest = latest_checkpoint(previous_stage_dir)
+    head = task.module.repa_head
+    if latest is None or head is None:
+        return False
+    with safe_open(latest / "model.safetensors", framework="pt") as f:
+        state = {k.removeprefix("repa_head."): f.get_tensor(k) for k in f.keys() if k.startswith("repa_head.")}
+    if not state:
+        return False
+    head.load_state_dict(state)
+    return True
+
+
+def quick_eval(export: Path, settings: UnifiedSettings, seed: int = EVAL_SEED) -> dict[str, float]:
+    """The fast evaluation of a segment, through the same files and functions as `janusflow eval shapes`."""
+    from ..cli import evaluate_shapes
+
+    with tempfile.TemporaryDirectory(prefix="janusflow-eval-") as out:
+        results = evaluate_shapes(export, out, settings.eval_prompts, settings.eval_images, settings.eval_questions,
+                                  seed=seed, show_progress=False, latency_repeats=0)
+    gen, und = results["generation"], results["understanding"]
+    metrics = {"gen_overall": gen["overall"], "und_overall": und["overall"],
+               "score": 0.5 * (gen["overall"] + und["overall"])}
+    metrics.update({f"gen_{k}": v for k, v in gen.items() if k in CATEGORIES})
+    metrics.update({f"und_{k}": v for k, v in und.items() if k not in ("overall", "n_questions")})
+    metrics["seconds_per_image_cpu"] = results["timing"]["generation"]["cpu_seconds_per_image"]
+    return metrics
+
+
+def _settings_for(recipe_settings) -> tuple[str, UnifiedSettings]:
+    """run.py hands every stage its RecipeSettings; part 4 follows its size (tiny for tests)."""
+    name = "tiny" if getattr(recipe_settings, "lm_size", "default") == "tiny" else "default"
+    return name, PRESETS[name]
+
+
+def stage_start(stage: str, run_dir: Path, parts_dir: Path, settings: UnifiedSettings) -> Path:
+    """The model folder a stage starts from: the parts put together, or the previous stage's choice."""
+    index = STAGE_ORDER.index(stage)
+    if index == 0:
+        init = run_dir / INIT
+        if not (init / "config.json").is_file():
+            write_init(parts_dir, init, settings)
+        return init
+    previous = run_dir / STAGE_ORDER[index - 1]
+    done = previous / "DONE.json"
+    if not done.is_file():
+        raise FileNotFoundError(f"{done} is missing: run the {STAGE_ORDER[index - 1]} stage first")
+    return previous / _read_json(done)["train"].get("weights", "export")
+
+
+def run_stage(stage: str, recipe_settings, run_dir: Path, parts_dir: Path, seed: int = 4) -> None:
+    from ...train.task import JanusFlowTask
+    from . import run
+
+    _, settings = _settings_for(recipe_settings)
+    plan: StagePlan = getattr(settings, stage)
+    stage_dir = run_dir / stage
+    start = stage_start(stage, run_dir, parts_dir, settings)
+    config = train_config(stage, plan, settings, start, stage_dir, seed)
+    task = JanusFlowTask(config, sources=shapes_sources(seed, settings))
+    if STAGE_ORDER.index(stage) > 0 and carry_repa_head(task, run_dir / STAGE_ORDER[STAGE_ORDER.index(stage) - 1]):
+        run._log(stage, "REPA projector carried over from the previous stage")
+    loop = run.StageSettings(steps=plan.steps, segment=plan.segment, batch_size=plan.batch_size, lr=plan.lr,
+                             warmup_steps=plan.warmup_steps, ema_decay=plan.ema_decay, save_every=plan.save_every,
+                             target=1.0)
+    resolved = {"stage": stage, "start": str(start), "train": config.to_dict(), "settings": dataclasses.asdict(settings)}
+    export, last = run.train_stage(stage, task, loop, stage_dir, lambda e: quick_eval(e, settings), "score", resolved)
+    record: dict[str, Any] = {"train": last, "start": str(start)}
+    if stage == STAGE_ORDER[-1]:
+        from .assemble import assemble
+
+        target = parts_dir.parent
+        start_time = time.perf_counter()
+        record["assembled"] = assemble(export, target, evaluate=True, settings=settings)
+        record["assemble_seconds"] = round(time.perf_counter() - start_time, 1)
+    run.finish(stage, stage_dir, export, record)
+
+
+def stage_adapt(recipe_settings, run_dir: Path, parts_dir: Path) -> None:
+    run_stage("adapt", recipe_settings, run_dir, parts_dir)
+
+
+def stage_unified(recipe_settings, run_dir: Path, parts_dir: Path) -> None:
+    run_stage("unified", recipe_settings, run_dir, parts_dir)
+
+
+def stage_sft(recipe_settings, run_dir: Path, parts_dir: Path) -> None:
+    run_stage("sft", recipe_settings, run_dir, parts_dir)
+
+
+STAGES = {"adapt": stage_adapt, "unified": stage_unified, "sft": stage_sft}

@@ -1,0 +1,185 @@
+"""Recipe part 4 (janusflow.shapes.recipe.unified / assemble) and `janusflow eval shapes`: the model
+built from the parts, the on-the-fly data, a smoke run of the three stages from tiny random parts,
+assembly into a default-model folder, and the eval command end to end on a tiny random model."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from janusflow.shapes import FORMS, parse_prompt, questions_for_scene, sample_scene, score_image
+from janusflow.shapes.recipe import unified
+from janusflow.shapes.recipe.run import PRESETS as RECIPE_PRESETS
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_tiny_parts(parts: Path) -> Path:
+    """Random parts 1-3 at the recipe's tiny sizes: tokenizer, LLM, SigLIP tower, VAE."""
+    from transformers import LlamaForCausalLM, SiglipVisionModel
+
+    from janusflow.shapes.recipe.corpus import tokenizer_corpus
+    from janusflow.shapes.recipe.lm import tiny_language
+    from janusflow.shapes.recipe.siglip import tiny_siglip
+    from janusflow.shapes.recipe.vae import TINY_VAE, build_vae
+    from janusflow.tokenizer_build import build_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer(tokenizer_corpus(num_scenes=30), 320, parts / "tokenizer")
+    LlamaForCausalLM(tiny_language(len(tokenizer)).to_llama()).save_pretrained(parts / "llm")
+    SiglipVisionModel(tiny_siglip().vision.to_siglip()).save_pretrained(parts / "und_encoder")
+    vae = build_vae(TINY_VAE)
+    vae.register_to_config(scaling_factor=0.5)
+    vae.save_pretrained(parts / "vae")
+    return parts
+
+
+@pytest.fixture(scope="module")
+def tiny_parts(tmp_path_factory) -> Path:
+    return write_tiny_parts(tmp_path_factory.mktemp("model") / "parts")
+
+
+def test_model_from_parts_has_their_weights_and_one_token_grid(tiny_parts):
+    from transformers import LlamaForCausalLM, SiglipVisionModel
+
+    settings = unified.PRESETS["tiny"]
+    config = unified.model_config(tiny_parts, settings)
+    assert config.und_vision.grid == config.gen_vision.latent_grid == 4  # 64 px / patch 16; latent 32 / 8
+    assert config.gen_vision.upsamples == 3 and config.gen_vision.latent_size == 32
+    model, processor = unified.init_from_parts(tiny_parts, settings)
+    llm = LlamaForCausalLM.from_pretrained(tiny_parts / "llm")
+    siglip = SiglipVisionModel.from_pretrained(tiny_parts / "und_encoder")
+    assert torch.equal(model.language_model.lm_head.weight, llm.lm_head.weight)
+    assert torch.equal(model.und_encoder.siglip.encoder.layers[0].mlp.fc1.weight,
+                       siglip.encoder.layers[0].mlp.fc1.weight)
+    assert processor.num_image_tokens == 16 and processor.num_gen_image_tokens == 16
+
+
+def test_default_sizes_meet_the_repa_grid_and_the_speed_budget():
+    from janusflow.shapes.recipe.siglip import default_vision
+
+    und = default_vision()
+    vae_dir = Path(unified.__file__).resolve().parents[2] / "default_model" / "parts" / "vae"
+    if not (vae_dir / "config.json").is_file():
+        pytest.skip("parts/vae is not installed")
+    settings = unified.PRESETS["default"]
+    gen = unified.gen_vision_for(und, vae_dir, settings.gen_channels, settings.gen_layers)
+    assert (gen.latent_size, gen.kernel_size, gen.latent_grid, gen.upsamples) == (16, 2, 8, 1)
+
+
+def test_sources_are_deterministic_and_true_to_the_spec():
+    sources = unified.shapes_sources(0, unified.PRESETS["default"])
+    a, b = sources["und"](5), sources["und"](5)
+    assert a.messages == b.messages and np.array_equal(np.asarray(a.images[0]), np.asarray(b.images[0]))
+    forms, gen_tags = Counter(), Counter()
+    for i in range(60):
+        sample = sources["und"](i)
+        assert sample.messages[0]["content"].startswith("<image_placeholder>\n")
+        assert sum(m["content"].count("<image_placeholder>") for m in sample.messages) == 1
+        assert [m["role"] for m in sample.messages][:2] == ["User", "Assistant"]
+        scene = sample_scene(unified.sample_rng(0, "und", i))  # the sample's first draw is its scene
+        truth = {qa.question: qa.answer for qa in questions_for_scene(scene)}
+        for user, answer in zip(sample.messages[::2], sample.messages[1::2]):
+            question = user["content"].removeprefix("<image_placeholder>\n")
+            assert answer["content"] == truth[question]
+            forms[next(qa.form for qa in questions_for_scene(scene) if qa.question == question)] += 1
+        caption = sources["gen"](i)
+        spec = parse_prompt(caption.caption)
+        gen_tags[spec.tag] += 1
+        assert score_image(spec, caption.image)  # every training image passes its caption
+        assert sources["text"](i).text == sources["text"](i).text
+    assert len(gen_tags) == 6 and set(forms) == set(FORMS)
+
+
+def test_three_stages_smoke_run_resume_and_assembly(tiny_parts, tmp_path):
+    from janusflow.pipeline import JanusFlowPipeline
+    from janusflow.understanding import JanusFlowChat
+
+    run_dir = tmp_path / "runs"
+    tiny = RECIPE_PRESETS["tiny"]
+    for stage in unified.STAGE_ORDER:
+        unified.STAGES[stage](tiny, run_dir, tiny_parts)
+        evals = [json.loads(line) for line in (run_dir / stage / "eval.jsonl").read_text().splitlines()]
+        plan = getattr(unified.PRESETS["tiny"], stage)
+        assert [e["step"] for e in evals] == list(range(plan.segment, plan.steps + 1, plan.segment))
+        assert all(0 <= e["gen_overall"] <= 1 and 0 <= e["und_overall"] <= 1 for e in evals)
+        assert (run_dir / stage / "DONE.json").is_file()
+    # each stage started from the previous one's chosen export, and trained what its preset says
+    done = json.loads((run_dir / "unified" / "DONE.json").read_text())
+    assert done["start"].startswith(str(run_dir / "adapt" / "export"))
+    # a finished stage returns at once (resume): no new evaluation line
+    unified.STAGES["sft"](tiny, run_dir, tiny_parts)
+    assert len((run_dir / "sft" / "eval.jsonl").read_text().splitlines()) == 1
+    # the assembled model sits beside the parts and loads with no arguments but its folder
+    model_dir = tiny_parts.parent
+    assert (model_dir / "parts" / "llm").is_dir() and (model_dir / "config.json").is_file()
+    results = json.loads((model_dir / "eval_shapes.json").read_text())
+    assert results["settings"]["num_inference_steps"] == 30 and results["generation"]["n_images"] == 6
+    from safetensors import safe_open
+
+    with safe_open(model_dir / "model.safetensors", framework="pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    pipe = JanusFlowPipeline.from_pretrained(model_dir)
+    assert pipe.model.dtype == torch.float32 and pipe.vae is not None
+    assert isinstance(JanusFlowChat.from_pretrained(model_dir).ask([], "how many shapes are there?",
+                                                                   max_new_tokens=4), str)
+
+
+def test_frozen_modules_follow_the_stage(tiny_parts, tmp_path):
+    from janusflow.train.task import JanusFlowTask
+
+    settings = unified.PRESETS["tiny"]
+    start = unified.write_init(tiny_parts, tmp_path / "init", settings)
+    names = {}
+    for stage in unified.STAGE_ORDER:
+        config = unified.train_config(stage, getattr(settings, stage), settings, start, tmp_path / stage, 0)
+        task = JanusFlowTask(config, sources=unified.shapes_sources(0, settings))
+        names[stage] = {n.removeprefix("model.").split(".")[0] for n in task.trainable_parameters()}
+    assert "language_model" not in names["adapt"] and "und_encoder" not in names["adapt"]
+    assert {"gen_encoder", "gen_decoder", "und_aligner", "repa_head"} <= names["adapt"]
+    assert "language_model" in names["unified"] and "und_encoder" not in names["unified"]
+    assert "und_encoder" in names["sft"]
+
+
+def test_assemble_refuses_a_folder_without_vae(tmp_path):
+    from janusflow.errors import CheckpointError
+    from janusflow.shapes.recipe.assemble import assemble
+
+    (tmp_path / "src").mkdir()
+    with pytest.raises(CheckpointError, match="vae"):
+        assemble(tmp_path / "src", tmp_path / "out")
+
+
+def test_eval_shapes_command_end_to_end(tmp_path, capsys):
+    from janusflow.cli import main
+    from janusflow.serve.tiny_model import build_tiny_model_folder
+
+    model = build_tiny_model_folder(tmp_path / "tiny")
+    out = tmp_path / "eval"
+    code = main(["eval", "shapes", "--model", str(model), "--out", str(out), "--prompts-per-category", "1",
+                 "--images-per-prompt", "2", "--questions", "4", "--seed", "3", "--threads", "1"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "color_attr" in printed and "per image" in printed and "per answer" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["generation"]["n_images"] == 12 and results["understanding"]["n_questions"] == 4
+    assert set(results["generation"]) >= {"single_object", "two_object", "counting", "colors", "position",
+                                          "color_attr", "overall"}
+    assert results["settings"]["seed"] == 3 and results["settings"]["guidance_scale"] == 2.0
+    assert len((out / "llava" / "answers.jsonl").read_text().splitlines()) == 4
+    assert (out / "geneval" / "images" / "00005" / "samples" / "0001.png").is_file()
+    # the layouts are the public commands' own: `janusflow generate --geneval-metadata` reads the metadata
+    meta = [json.loads(line) for line in (out / "geneval" / "metadata.jsonl").read_text().splitlines()]
+    assert [m["tag"] for m in meta] == ["single_object", "two_object", "counting", "colors", "position", "color_attr"]
+    assert main(["eval", "shapes", "--model", str(model), "--out", str(out), "--questions", "0"]) == 1
