@@ -6,6 +6,7 @@
     tokenizer  byte-level BPE on the world's text (seconds)     -> parts/tokenizer/
     siglip     SigLIP image tower vs a small text tower         -> parts/und_encoder/
     lm         Llama LM on the world's text                     -> parts/llm/
+    adapt, unified, sft   part 4, the three JanusFlow stages        -> default_model/ (recipe/unified.py)
 
 A trained stage runs the shared trainer (`janusflow.train.Trainer`) in segments of
 `segment` steps under RUN_DIR/STAGE: each segment resumes from the newest checkpoint, trains,
@@ -269,6 +270,17 @@ STAGES: dict[str, Callable[[RecipeSettings, Path, Path], None]] = {
     "siglip": stage_siglip,
     "lm": stage_lm,
 }
+
+
+def _part4(name: str) -> Callable[[RecipeSettings, Path, Path], None]:
+    def stage(settings: RecipeSettings, run_dir: Path, parts_dir: Path) -> None:
+        from .unified import STAGES as PART4
+
+        PART4[name](settings, run_dir, parts_dir)
+    return stage
+
+
+STAGES.update({name: _part4(name) for name in ("adapt", "unified", "sft")})  # part 4: recipe/unified.py
 
 
 def main(argv: list[str] | None = None) -> None:
