@@ -143,3 +143,13 @@ def test_bad_config_is_refused():
 
     with pytest.raises(ConfigError):
         TrainerConfig(precision="fp16").validate()
+
+
+def test_a_resumed_run_takes_the_new_learning_rate(tmp_path):
+    _train(tmp_path, 3)
+    task = ToyTask()
+    cfg = TrainerConfig(run_dir=str(tmp_path), steps=5, lr=5e-3, warmup_steps=2, progress=False)
+    Trainer(task, cfg).fit()
+    rows = (tmp_path / "log.csv").read_text().strip().splitlines()
+    lrs = [float(r.split(",")[1]) for r in rows[1:]]
+    assert lrs == [5e-3, 1e-2, 1e-2, 5e-3, 5e-3]  # warm-up 0.5, 1, 1 at 1e-2; then the new rate

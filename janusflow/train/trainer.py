@@ -249,6 +249,7 @@ class Trainer:
             state = load_checkpoint(latest, module=module, optimizer=optimizer, ema=ema, ctx=ctx)
             self.step = int(state["step"])
             scheduler.load_state_dict(state["scheduler"])
+            self._apply_config_hyperparameters(optimizer, scheduler)
             self.task.load_state_dict(state["task"])
             self.cumulative = dict(state.get("cumulative", {}))
         self._save_config(run_dir, ctx)
@@ -264,6 +265,7 @@ class Trainer:
         saved_at = self.step if latest is not None else -1
         try:
             while self.step < cfg.steps:
+                lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
                 logs, counts = self._train_step(wrapped, shard, ctx, autocast, optimizer, scheduler, trainable)
                 if ema is not None:
                     ema.update()
@@ -272,8 +274,8 @@ class Trainer:
                     self.cumulative[k] = self.cumulative.get(k, 0.0) + v
                 self.last_logs = logs
                 write = self.step % cfg.log_every == 0 or self.step == cfg.steps
-                monitor.step(self.step, scheduler.get_last_lr()[0], logs, counts, self.cumulative, write)
-                stop = distributed.any_process(self.stop_requested, ctx)
+                monitor.step(self.step, lr, logs, counts, self.cumulative, write)
+                stop = self.stop_requested = distributed.any_process(self.stop_requested, ctx)
                 if stop or self.step % cfg.save_every == 0 or self.step == cfg.steps:
                     self._save(run_dir, module, optimizer, scheduler, ema, ctx)
                     saved_at = self.step
@@ -325,6 +327,16 @@ class Trainer:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         return logs, totals
+
+    def _apply_config_hyperparameters(self, optimizer, scheduler) -> None:
+        """After a resume the config's lr, warm-up, betas and weight decay apply (the checkpoint holds
+        the old ones), e.g. to continue a finished run at another rate; the same config changes nothing."""
+        cfg = self.config
+        lr = cfg.lr * warmup_then_constant(cfg.warmup_steps)(scheduler.last_epoch)
+        scheduler.base_lrs = [cfg.lr] * len(optimizer.param_groups)
+        scheduler._last_lr = [lr] * len(optimizer.param_groups)
+        for group in optimizer.param_groups:
+            group.update(lr=lr, initial_lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
 
     # -- persistence ------------------------------------------------------------------------------
     def _save(self, run_dir, module, optimizer, scheduler, ema, ctx) -> None:
