@@ -219,6 +219,18 @@ def test_tar_shards_and_in_memory_sources(toy, tmp_path):
                 tar.addfile(info, io.BytesIO(data))
     source = TarShardSource("gen", [shard])
     assert source.length == 2 and source.read(1).caption == "a blue circle"
+    und_shard = tmp_path / "und-000.tar"
+    with tarfile.open(und_shard, "w") as tar:
+        png = io.BytesIO()
+        draw("green", "circle").save(png, format="PNG")
+        record = {"conversations": [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "green"}]}
+        for ext, data in (("jpg", png.getvalue()), ("json", json.dumps(record).encode())):
+            info = tarfile.TarInfo(f"sub/k1.{ext}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    conversation = TarShardSource("und", [und_shard]).read(0)
+    assert conversation.messages[1] == {"role": "Assistant", "content": "green"}
+    assert len(conversation.images) == 1 and conversation.messages[0]["content"].startswith("<image_placeholder>")
 
     def shapes(position):  # e.g. the shapes world, rendering on the fly
         shape = ("square", "circle")[position % 2]
