@@ -351,3 +351,10 @@ def test_changing_the_mix_on_resume_continues_each_stream(toy, tmp_path):
     slots = changed._slots(3)
     assert sorted((t, p) for t, p, _ in slots) == [("gen", 6), ("gen", 7), ("gen", 8), ("und", 6)]
     assert len({key for _, _, key in slots + task._slots(0)}) == 8  # fresh random keys after the rebase
+
+
+def test_a_micro_batch_without_samples_is_harmless(toy, tmp_path):
+    config, task = make_task(toy, tmp_path, "stage.batch_size=1", "trainer.grad_accum=2", "stage.steps=2")
+    assert task.micro_batches(0, Shard(0, 1, 2))[1].und is None  # the second micro-batch is empty
+    result = Trainer(task, config.trainer_config()).fit()
+    assert result["step"] == 2 and all(v == v for v in result["logs"].values())  # finite, no NaN

@@ -172,12 +172,12 @@ class _Objective(nn.Module):
     def __init__(self, module: nn.Module, trainable: dict[str, nn.Parameter]):
         super().__init__()
         self.inner = module
-        self._trainable = list(trainable.values())
+        self._trainable = set(trainable)  # names: FSDP replaces the parameter objects
 
     def forward(self, batch, totals):
         loss, logs = self.inner(batch, totals)
         if not loss.requires_grad:
-            loss = loss + sum(p.sum() for p in self._trainable) * 0.0
+            loss = loss + sum(p.sum() for n, p in self.inner.named_parameters() if n in self._trainable) * 0.0
         return loss, logs
 
 
