@@ -33,6 +33,10 @@ put together) and carries the REPA projector over. At the end of ``sft`` the mod
 (fp16) into the default model folder (the parent of the parts folder) and evaluated there.
 
     python -m janusflow.shapes.recipe.run --stages adapt,unified,sft --threads 1 --nice 10
+    python -m janusflow.shapes.recipe.unified train --preset quick     # a preset of part 4's own
+    python -m janusflow.shapes.recipe.unified snapshot-parts --out runs/part4/model/parts
+        # parts 2-3 from their newest evaluated exports while they still train; then
+        # train --parts-dir runs/part4/model/parts --run-dir runs/part4 assembles into runs/part4/model
 """
 
 from __future__ import annotations
@@ -104,8 +108,14 @@ PRESETS: dict[str, UnifiedSettings] = {
     # sized for the 2-core CPU: a step of 32 samples takes about 3-6 s (shared machine)
     "default": UnifiedSettings(
         adapt=StagePlan(steps=1000, segment=250, batch_size=32, lr=1e-3, warmup_steps=50),
-        unified=StagePlan(steps=20_000, segment=500, batch_size=32, lr=5e-4, warmup_steps=100),
+        unified=StagePlan(steps=20_000, segment=1000, batch_size=32, lr=5e-4, warmup_steps=100),
         sft=StagePlan(steps=4000, segment=500, batch_size=32, lr=1e-4, warmup_steps=50),
+    ),
+    # a first model in an afternoon of this machine (about 3 h of wall time under shared load)
+    "quick": UnifiedSettings(
+        adapt=StagePlan(steps=500, segment=250, batch_size=32, lr=1e-3, warmup_steps=50),
+        unified=StagePlan(steps=3000, segment=750, batch_size=32, lr=5e-4, warmup_steps=100),
+        sft=StagePlan(steps=1000, segment=500, batch_size=32, lr=1e-4, warmup_steps=50),
     ),
     "tiny": UnifiedSettings(
         adapt=StagePlan(steps=2, segment=1, batch_size=4, lr=1e-3, warmup_steps=1, save_every=1),
@@ -313,10 +323,11 @@ def quick_eval(export: Path, settings: UnifiedSettings, seed: int = EVAL_SEED) -
     return metrics
 
 
-def _settings_for(recipe_settings) -> tuple[str, UnifiedSettings]:
+def _settings_for(recipe_settings) -> UnifiedSettings:
     """run.py hands every stage its RecipeSettings; part 4 follows its size (tiny for tests)."""
-    name = "tiny" if getattr(recipe_settings, "lm_size", "default") == "tiny" else "default"
-    return name, PRESETS[name]
+    if isinstance(recipe_settings, UnifiedSettings):
+        return recipe_settings
+    return PRESETS["tiny" if getattr(recipe_settings, "lm_size", "default") == "tiny" else "default"]
 
 
 def stage_start(stage: str, run_dir: Path, parts_dir: Path, settings: UnifiedSettings) -> Path:
@@ -338,7 +349,7 @@ def run_stage(stage: str, recipe_settings, run_dir: Path, parts_dir: Path, seed:
     from ...train.task import JanusFlowTask
     from . import run
 
-    _, settings = _settings_for(recipe_settings)
+    settings = _settings_for(recipe_settings)
     plan: StagePlan = getattr(settings, stage)
     stage_dir = run_dir / stage
     start = stage_start(stage, run_dir, parts_dir, settings)
@@ -375,3 +386,77 @@ def stage_sft(recipe_settings, run_dir: Path, parts_dir: Path) -> None:
 
 
 STAGES = {"adapt": stage_adapt, "unified": stage_unified, "sft": stage_sft}
+
+
+# -- parts from runs still in progress ------------------------------------------------------------
+
+
+def snapshot_parts(recipe_dir: Path, parts_dir: Path, out: Path) -> dict[str, str]:
+    """A parts folder for part 4 while parts 2-3 are still training: each part from ``parts_dir`` when
+    finished there, else the newest evaluated export of its stage in ``recipe_dir`` (the better of EMA
+    and raw, as that stage's last evaluation chose). Returns part -> where it came from."""
+    from transformers import LlamaForCausalLM, SiglipVisionModel
+
+    stages = {"vae": "vae", "tokenizer": "tokenizer", "und_encoder": "siglip", "llm": "lm"}
+    out.mkdir(parents=True, exist_ok=True)
+    origin = {}
+    for part, stage in stages.items():
+        shutil.rmtree(out / part, ignore_errors=True)
+        if (parts_dir / part / "config.json").is_file() or (parts_dir / part / "tokenizer.json").is_file():
+            shutil.copytree(parts_dir / part, out / part)
+            origin[part] = str(parts_dir / part)
+            continue
+        progress = recipe_dir / stage / "progress.json"
+        if not progress.is_file() or not _read_json(progress)["evals"]:
+            raise FileNotFoundError(f"{part}: not in {parts_dir} and no evaluated export under {recipe_dir / stage}")
+        last = _read_json(progress)["evals"][-1]
+        export = recipe_dir / stage / last.get("weights", "export")
+        if part == "llm":
+            LlamaForCausalLM.from_pretrained(export, dtype=torch.float32).save_pretrained(out / part)
+        else:
+            SiglipVisionModel.from_pretrained(export / "und_encoder", dtype=torch.float32).save_pretrained(out / part)
+        origin[part] = f"{export} (step {last['step']})"
+    (out / "SNAPSHOT.json").write_text(json.dumps(origin, indent=2) + "\n", encoding="utf-8")
+    return origin
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import os
+
+    from .run import PARTS_DIR, _log
+
+    parser = argparse.ArgumentParser(description="part 4 on its own, with a preset of its own (run.py runs "
+                                     "the default preset after parts 1-3)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="the stages, in order, resumable (finished stages are skipped)")
+    train.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    train.add_argument("--stages", default=",".join(STAGE_ORDER))
+    train.add_argument("--run-dir", default="runs/recipe")
+    train.add_argument("--parts-dir", default=str(PARTS_DIR), help="the model is assembled into its parent")
+    train.add_argument("--threads", type=int, default=1)
+    train.add_argument("--nice", type=int, default=0)
+    snap = sub.add_parser("snapshot-parts", help=snapshot_parts.__doc__.split(".")[0])
+    snap.add_argument("--recipe-dir", default="runs/recipe")
+    snap.add_argument("--parts-dir", default=str(PARTS_DIR))
+    snap.add_argument("--out", required=True, help="e.g. runs/part4/model/parts (the model is assembled beside it)")
+    args = parser.parse_args(argv)
+    if args.command == "snapshot-parts":
+        print(json.dumps(snapshot_parts(Path(args.recipe_dir), Path(args.parts_dir), Path(args.out)), indent=2))
+        return
+    if args.nice:
+        os.nice(args.nice)
+    torch.set_num_threads(args.threads)
+    run_dir, parts_dir = Path(args.run_dir), Path(args.parts_dir)
+    for stage in [s for s in args.stages.split(",") if s]:
+        if stage not in STAGE_ORDER:
+            parser.error(f"unknown stage {stage!r}; stages are {list(STAGE_ORDER)}")
+        if (run_dir / stage / "DONE.json").is_file():
+            _log(stage, f"already done ({run_dir / stage / 'DONE.json'}); skipped")
+            continue
+        _log(stage, f"starting (preset {args.preset})")
+        run_stage(stage, PRESETS[args.preset], run_dir, parts_dir)
+
+
+if __name__ == "__main__":
+    main()
