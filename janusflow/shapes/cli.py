@@ -178,6 +178,11 @@ def eval_main(args: argparse.Namespace) -> int:
     if args.threads is not None:
         import torch
 
+        from ..errors import InputError
+
+        if args.threads < 1:
+            raise InputError(f"--threads must be at least 1, got {args.threads}")
+
         torch.set_num_threads(args.threads)
     folder = model_dir(args)
     results = evaluate_shapes(folder, args.out, args.prompts_per_category, args.images_per_prompt, args.questions,
