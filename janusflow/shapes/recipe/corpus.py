@@ -3,8 +3,9 @@
 Kinds of text, each a function of a random scene:
 
     description      the `describe the image.` answer of a scene, alone
-    qa               a chat (official deepseek template, default system prompt) whose user turn holds
-                     the scene as text where the image will later stand, then a question; 1 to 3 turns
+    qa               a chat (official deepseek template; the default system prompt in a quarter of
+                     them) whose user turn holds the scene as text where the image will later stand,
+                     then a question; 1 to 3 turns
                          {system}\\n\\nUser: {description}\\n{question}\\n\\nAssistant: {answer}{eos}...
     prompt           a generation prompt and, as the answer, a description of a scene that passes it
                          User: {prompt}\\n\\nAssistant: {description}{eos}   (no system prompt, as for
@@ -29,6 +30,8 @@ from ...processor import DEFAULT_SYSTEM_PROMPT, ROLES, SEP, SEP2
 
 KINDS: tuple[str, ...] = ("description", "qa", "prompt")
 KIND_WEIGHTS: tuple[float, ...] = (0.1, 0.7, 0.2)
+# The system prompt is 37 of a qa chat's ~60 tokens and never changes: a quarter of the chats carry it.
+SYSTEM_SHARE = 0.25
 
 
 def chat_text(turns: list[tuple[str, str]], system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> str:
@@ -46,14 +49,15 @@ def context_question(description: str, question: str) -> str:
     return f"{description}\n{question}"
 
 
-def qa_text(rng: np.random.Generator, turns: int | None = None) -> str:
+def qa_text(rng: np.random.Generator, turns: int | None = None, system_share: float = SYSTEM_SHARE) -> str:
     scene = sample_scene(rng)
     description = describe(scene)
     n = int(rng.integers(1, 4)) if turns is None else turns
     qas = [sample_question(rng, scene) for _ in range(n)]
     chat = [(context_question(description, qas[0].question), qas[0].answer)]
     chat += [(qa.question, qa.answer) for qa in qas[1:]]
-    return chat_text(chat)
+    with_system = system_share >= 1 or rng.random() < system_share  # no draw when always
+    return chat_text(chat, DEFAULT_SYSTEM_PROMPT if with_system else "")
 
 
 def prompt_text(rng: np.random.Generator) -> str:
@@ -85,5 +89,5 @@ def tokenizer_corpus(num_scenes: int = 2000, seed: int = 0) -> Iterator[str]:
         scene = sample_scene(rng)
         for qa in questions_for_scene(scene):
             yield f"{qa.question} {qa.answer}"
-        yield qa_text(rng)
+        yield qa_text(rng, system_share=1.0)
         yield prompt_text(rng)

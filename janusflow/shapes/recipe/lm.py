@@ -1,11 +1,12 @@
 """Recipe part 3: a small Llama LM (transformers `LlamaForCausalLM`) pre-trained on the world's text.
 
 Documents come from `corpus.sample_text` (descriptions, question/answer chats with the scene as
-text, prompt -> description chats), BOS first, EOS closing every assistant turn (the template's).
-Loss: next-token cross-entropy on every real token, padding masked, averaged over the tokens of
-the global batch:
+text, prompt -> description chats), BOS first, EOS closing every assistant turn (the template's),
+packed back to back into rows of `seq_len` tokens (GPT-style: no padding; attention may look back
+across a document boundary, which BOS marks). Loss: next-token cross-entropy averaged over the
+T predicted tokens of the global batch:
 
-    loss = -(1 / T) sum_{b, i < len_b} log p(x_{b, i+1} | x_{b, <= i})
+    loss = -(1 / T) sum_{b, i} log p(x_{b, i+1} | x_{b, <= i})
 
 Evaluation reads the world's logic back from text: for a fresh scene described in words, a
 question, greedy decoding until EOS, scored by `questions.score_answer` per form.
@@ -39,16 +40,13 @@ def tiny_language(vocab_size: int) -> LanguageConfig:
                           num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256)
 
 
-def encode_documents(tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
-    """Right-padded (B, T) ids (BOS first) and labels (-100 at padding)."""
-    rows = [[tokenizer.bos_token_id] + tokenizer.encode(t, add_special_tokens=False) for t in texts]
-    length = max(len(r) for r in rows)
-    ids = torch.full((len(rows), length), tokenizer.pad_token_id, dtype=torch.int64)
-    labels = torch.full((len(rows), length), -100, dtype=torch.int64)
-    for i, row in enumerate(rows):
-        ids[i, :len(row)] = torch.tensor(row)
-        labels[i, :len(row)] = torch.tensor(row)
-    return {"ids": ids, "labels": labels}
+def packed_rows(tokenizer, rng: np.random.Generator, rows: int, length: int) -> torch.Tensor:
+    """(rows, length) ids: documents from `sample_text`, each BOS first, back to back (a document
+    runs on into the next row; the tail of the last one is dropped). No padding is computed."""
+    stream: list[int] = []
+    while len(stream) < rows * length:
+        stream += [tokenizer.bos_token_id] + tokenizer.encode(sample_text(rng), add_special_tokens=False)
+    return torch.tensor(stream[:rows * length], dtype=torch.int64).view(rows, length)
 
 
 class LMObjective(nn.Module):
@@ -71,12 +69,14 @@ class LMObjective(nn.Module):
 class LMTask:
     """Recipe part 3 as a `janusflow.train.TrainTask`. Batch `step` is a pure function of (seed, step)."""
 
-    def __init__(self, tokenizer, cfg: LanguageConfig | None = None, batch_size: int = 32, seed: int = 3):
+    def __init__(self, tokenizer, cfg: LanguageConfig | None = None, batch_size: int = 16, seq_len: int = 128,
+                 seed: int = 3):
         self.tokenizer = tokenizer
         self.cfg = cfg or default_language(len(tokenizer))
         if self.cfg.vocab_size < len(tokenizer):
             raise ValueError(f"vocab_size {self.cfg.vocab_size} < tokenizer size {len(tokenizer)}")
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # rows of seq_len packed tokens
+        self.seq_len = seq_len
         self.seed = seed
         self.module = LMObjective(self.cfg)
 
@@ -84,9 +84,8 @@ class LMTask:
         return dict(self.module.named_parameters())
 
     def micro_batches(self, step: int, shard) -> list[dict[str, torch.Tensor]]:
-        rng = batch_rng(self.seed, step)
-        texts = [sample_text(rng) for _ in range(self.batch_size)]
-        return [encode_documents(self.tokenizer, part) for part in shard.split(texts)]
+        ids = packed_rows(self.tokenizer, batch_rng(self.seed, step), self.batch_size, self.seq_len)
+        return [{"ids": torch.stack(part), "labels": torch.stack(part)} for part in shard.split(list(ids))]
 
     def counts(self, batch) -> dict[str, float]:
         real = int((batch["labels"] != -100).sum())

@@ -68,7 +68,7 @@ PRESETS: dict[str, RecipeSettings] = {
         # flattens colours and backgrounds (PSNR) and lets the EMA forget the initial weights
         vae=StageSettings(steps=30_000, segment=500, batch_size=32, lr=1e-3, target=0.995, min_steps=5000),
         siglip=StageSettings(steps=20_000, segment=500, batch_size=128, lr=1e-3, target=1.0),
-        lm=StageSettings(steps=20_000, segment=500, batch_size=32, lr=1e-3, target=1.0),
+        lm=StageSettings(steps=20_000, segment=500, batch_size=16, lr=1e-3, target=1.0),  # 16 x 128 tokens
     ),
     # for tests: seconds, not hours
     "tiny": RecipeSettings(
