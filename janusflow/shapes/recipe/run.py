@@ -60,6 +60,7 @@ class RecipeSettings:
     vocab_size: int = 512
     eval_scenes: int = 256  # per evaluation during training
     final_eval_scenes: int = 1000  # evaluation of the shipped (fp16) artifact
+    scale_scenes: int = 1024  # fresh scenes measuring the VAE's latent std
 
 
 PRESETS: dict[str, RecipeSettings] = {
@@ -76,7 +77,7 @@ PRESETS: dict[str, RecipeSettings] = {
         siglip=StageSettings(steps=4, segment=2, batch_size=8, lr=1e-3, warmup_steps=1, save_every=2),
         lm=StageSettings(steps=4, segment=2, batch_size=4, lr=1e-3, warmup_steps=1, save_every=2),
         vae_size="tiny", siglip_size="tiny", lm_size="tiny", vocab_size=320,
-        eval_scenes=4, final_eval_scenes=4,
+        eval_scenes=4, final_eval_scenes=4, scale_scenes=16,
     ),
 }
 
@@ -169,7 +170,7 @@ def stage_vae(settings: RecipeSettings, run_dir: Path, parts_dir: Path) -> None:
     stage_dir, part_dir = run_dir / "vae", parts_dir / "vae"
     cfg = TINY_VAE if settings.vae_size == "tiny" else VAEConfig()
     s = settings.vae
-    task = VAETask(cfg, batch_size=s.batch_size, seed=1)
+    task = VAETask(cfg, batch_size=s.batch_size, seed=1, scale_scenes=settings.scale_scenes)
 
     def evaluate(export: Path) -> Metric:
         vae = AutoencoderKL.from_pretrained(export)

@@ -180,10 +180,11 @@ class VAETask:
     """Recipe part 1 as a `janusflow.train.TrainTask`: batches of fresh random scenes, rendered on the
     fly; batch `step` is a pure function of (seed, step), so there is no data position to save."""
 
-    def __init__(self, cfg: VAEConfig | None = None, batch_size: int = 32, seed: int = 0):
+    def __init__(self, cfg: VAEConfig | None = None, batch_size: int = 32, seed: int = 0, scale_scenes: int = 1024):
         self.cfg = cfg or VAEConfig()
         self.batch_size = batch_size
         self.seed = seed
+        self.scale_scenes = scale_scenes  # fresh scenes measuring the latent std at export
         self.module = VAEObjective(self.cfg)
 
     @property
@@ -209,6 +210,6 @@ class VAETask:
     def export(self, directory: Path) -> None:
         """save_pretrained with the measured latent scale (1 / std of fresh latents) in the config."""
         self.vae.eval()
-        self.vae.register_to_config(scaling_factor=measure_scaling_factor(self.vae))
+        self.vae.register_to_config(scaling_factor=measure_scaling_factor(self.vae, self.scale_scenes))
         self.vae.save_pretrained(directory)
         self.vae.train()
