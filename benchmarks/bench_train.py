@@ -9,8 +9,9 @@ trains) with und : gen : text = 21 : 70 : 9, on the toy data. A step's time runs
 asking for its batches to its asking for the next ones; the ``--steps`` steps after ``--warmup``
 are timed (the final checkpoint and export are outside them).
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on a forward and backward of
-the same global batches as the timed steps, after the run (matmuls, convolutions, attention; the VAE encoder, elementwise work and
-the optimizer count zero, so the fraction is a lower bound on the hardware's use). The peak is
+the same global batches as the timed steps, after the run (matmuls, convolutions, attention; the
+VAE encoder, elementwise work and the optimizer count zero, so the fraction is a lower bound on the
+hardware's use). The peak is
 the best ``torch.mm`` of two 4096 x 4096 fp32 matrices, measured before and after the run.
 Both are given per wall-clock second and per CPU second of this process: on a shared machine the
 wall-clock fraction drops when other processes hold the cores, the CPU-time one much less (with

@@ -20,7 +20,6 @@ A read may raise (a missing image, a bad line): the caller skips and counts that
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import tarfile
