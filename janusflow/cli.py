@@ -230,7 +230,18 @@ def chat(args: argparse.Namespace) -> int:
         conversation.add_assistant(session.processor.decode(result.tokens[0]).strip())
 
 
-from .serve import cli as _serve_cli  # noqa: E402,F401  registers "serve" (janusflow/serve/cli.py)
+@command("demo", "the main job: generate images for a prompt and answer a question about an image",
+         arg("--model", metavar="DIR", help="model folder (default: the embedded model)"),
+         arg("--out", default="janusflow-demo", metavar="DIR", help="where the images go"),
+         arg("--prompt", default=None, help="generation prompt (default: a shapes-world prompt)"),
+         arg("--n-samples", type=int, default=4), arg("--steps", type=int, default=30))
+def demo(args: argparse.Namespace) -> int:
+    from .demo import DEMO_PROMPT, run_demo
+
+    if args.n_samples < 1 or args.steps < 1:
+        raise InputError("--n-samples and --steps must be at least 1")
+    run_demo(args.model, args.out, args.prompt or DEMO_PROMPT, args.n_samples, args.steps)
+    return 0
 
 
 # -- entry point ----------------------------------------------------------------------------------------
