@@ -1,12 +1,14 @@
 """Prompt-cached sampler vs the full-recompute reference: same weights, same process, same inputs.
 
-    python benchmarks/bench_sampler.py --preset small --steps 10 --prompt-len 16 64 256
-    python benchmarks/bench_sampler.py --preset janusflow-1.3b --steps 2 --prompt-len 32 256 --repeats 1
+    python benchmarks/bench_sampler.py --preset small --prompt-len 16 64 256 --repeats 5 --threads 1
+    python benchmarks/bench_sampler.py --preset janusflow-1.3b --prompt-len 32 256 --repeats 2 --threads 1
 
-Each configuration runs the whole guided Euler loop (w = 2, one image: 2 rows) both ways, alternating
-the order, and reports seconds per step, the ratio reference / cached, and the largest latent
-difference (the paths agree to float rounding). A step of the reference feeds (L-1) + 1 + N tokens
-per row, a cached step 1 + N, so the ideal ratio is about (L + N) / (1 + N).
+For each prompt length L (one image, guided: 2 rows of L ids), the sampler's own pieces are timed:
+the cached path's one-time prompt prefill (``VelocityField(..., use_cache=True)``), then one guided
+Euler step of each path (``integrate(with_guidance(field, w), z, 1 step)``), alternating which goes
+first, best of ``--repeats``. A cached step feeds 1 + N tokens per row, a reference step L + N, so
+the ideal per-step ratio is (L + N) / (1 + N); a whole run of n steps costs n * full against
+prefill + n * cached. The two paths' latents after the step are compared (float rounding only).
 """
 
 from __future__ import annotations
@@ -16,38 +18,47 @@ import time
 
 import torch
 
-from _common import machine, prompt_rows, random_model
-from janusflow.sampler import SamplerConfig, initial_noise, sample_latents
+from _common import machine, prompt_rows, random_model, timed
+from janusflow.sampler import SamplerConfig, VelocityField, initial_noise, integrate, with_guidance
 
 
-def bench(model, prompt_len: int, steps: int, repeats: int, guidance: float) -> dict:
+def bench(model, prompt_len: int, repeats: int, guidance: float) -> dict:
     config = model.config
+    N = config.num_image_tokens
     tokens, mask = prompt_rows(config, prompt_len, 1, guided=guidance != 1)
     z0 = initial_noise(1, config, torch.Generator().manual_seed(0))
-    wall: dict[bool, list[float]] = {True: [], False: []}
-    cpu: dict[bool, list[float]] = {True: [], False: []}
+    one_step = SamplerConfig(num_steps=1, guidance_scale=guidance)
+    with torch.inference_mode():
+        w, c = time.perf_counter(), time.process_time()
+        cached = VelocityField(model, tokens, mask, N, use_cache=True)  # the prompt prefill
+        prefill = (time.perf_counter() - w, time.process_time() - c)
+        full = VelocityField(model, tokens, mask, N, use_cache=False)
+    steps = {name: with_guidance(field, guidance) for name, field in (("cached", cached), ("full", full))}
+    wall: dict[str, list[float]] = {"cached": [], "full": []}
+    cpu: dict[str, list[float]] = {"cached": [], "full": []}
     latents = {}
     for r in range(repeats):
-        for cached in ((True, False) if r % 2 == 0 else (False, True)):  # alternate who goes first
-            cfg = SamplerConfig(num_steps=steps, guidance_scale=guidance, use_prompt_cache=cached)
-            w, c = time.perf_counter(), time.process_time()
-            latents[cached] = sample_latents(model, tokens, mask, z0, cfg).latents
-            wall[cached].append((time.perf_counter() - w) / steps)
-            cpu[cached].append((time.process_time() - c) / steps)
-    N = config.num_image_tokens
-    return {"prompt_len": prompt_len, "image_tokens": N,
-            "cached_wall": min(wall[True]), "full_wall": min(wall[False]),
-            "cached_cpu": min(cpu[True]), "full_cpu": min(cpu[False]),
-            "ideal_ratio": (prompt_len + N) / (1 + N),
-            "max_abs_diff": (latents[True] - latents[False]).abs().max().item()}
+        for name in (("cached", "full") if r % 2 == 0 else ("full", "cached")):  # alternate who goes first
+
+            @torch.inference_mode()
+            def step(name=name):
+                latents[name] = integrate(steps[name], z0, one_step)[0]
+
+            w_times, c_times = timed(step, repeats=1, warmup=1 if r == 0 else 0)
+            wall[name] += w_times
+            cpu[name] += c_times
+    return {"L": prompt_len, "N": N, "prefill": prefill,
+            "cached": (min(wall["cached"]), min(cpu["cached"])), "full": (min(wall["full"]), min(cpu["full"])),
+            "ideal": (prompt_len + N) / (1 + N),
+            "max_abs_diff": (latents["cached"] - latents["full"]).abs().max().item()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="small")
-    parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--prompt-len", type=int, nargs="+", default=[16, 64, 256])
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--run-steps", type=int, default=30, help="n for the whole-run ratio")
     parser.add_argument("--cfg", type=float, default=2.0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
@@ -55,20 +66,18 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = random_model(args.preset)
-    config = model.config
-    tokens, mask = prompt_rows(config, args.prompt_len[0], 1, guided=True)
-    sample_latents(model, tokens, mask, initial_noise(1, config), SamplerConfig(num_steps=1))  # warm-up
+    n = args.run_steps
     print(f"# {args.preset}: {model.num_parameters() / 1e6:.0f}M parameters, fp32, CPU; {machine()}")
-    print(f"# guided Euler (w={args.cfg}), 1 image (2 rows), {args.steps} steps, best of {args.repeats}; "
-          "seconds per step by wall clock and by this process's CPU time")
-    print("| prompt L | image N | cached s/step (wall, CPU) | full s/step (wall, CPU) | full/cached wall | "
-          "full/cached CPU | ideal (L+N)/(1+N) | max abs diff |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"# one image, guided (w={args.cfg}, 2 rows); one Euler step of each path, best of {args.repeats}; "
+          "seconds as wall clock / CPU time of this process")
+    print(f"| prompt L | image N | prefill (once) | cached step | full step | full/cached per step (CPU) | "
+          f"ideal (L+N)/(1+N) | {n}-step run full/cached (CPU) | max abs diff |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for L in args.prompt_len:
-        r = bench(model, L, args.steps, args.repeats, args.cfg)
-        print(f"| {L} | {r['image_tokens']} | {r['cached_wall']:.3f}, {r['cached_cpu']:.3f} | "
-              f"{r['full_wall']:.3f}, {r['full_cpu']:.3f} | {r['full_wall'] / r['cached_wall']:.2f}x | "
-              f"{r['full_cpu'] / r['cached_cpu']:.2f}x | {r['ideal_ratio']:.2f}x | {r['max_abs_diff']:.1e} |",
+        r = bench(model, L, args.repeats, args.cfg)
+        (pw, pc), (cw, cc), (fw, fc) = r["prefill"], r["cached"], r["full"]
+        print(f"| {L} | {r['N']} | {pw:.3f} / {pc:.3f} | {cw:.3f} / {cc:.3f} | {fw:.3f} / {fc:.3f} | "
+              f"{fc / cc:.2f}x | {r['ideal']:.2f}x | {n * fc / (pc + n * cc):.2f}x | {r['max_abs_diff']:.1e} |",
               flush=True)
 
 
