@@ -135,6 +135,17 @@ def test_recipe_smoke_run_resumes_and_skips(tmp_path, capsys):
     for stage in run.STAGES:
         assert (run_dir / stage / "DONE.json").is_file()
 
+    # the hand-off to the JanusFlow stages: a model holding the pre-trained LLM and encoder
+    from janusflow.config import GenerationVisionConfig
+    from janusflow.shapes.recipe.parts import model_from_parts
+
+    grid4 = GenerationVisionConfig(latent_size=32, kernel_size=8, stride=8, channels=16, decoder_in_channels=16,
+                                   encoder_layers=1, decoder_layers=1, upsamples=3)  # tiny parts: 4 x 4 grids
+    model = model_from_parts(parts, grid4)
+    assert torch.equal(model.language_model.lm_head.weight, llm.lm_head.weight.float())
+    assert torch.equal(model.und_encoder.siglip.embeddings.patch_embedding.weight,
+                       encoder.embeddings.patch_embedding.weight.float())
+
     run.main(args)  # everything finished: every stage is skipped
     out = capsys.readouterr().out
     assert out.count("already done") == len(run.STAGES)
