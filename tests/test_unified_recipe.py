@@ -183,3 +183,19 @@ def test_eval_shapes_command_end_to_end(tmp_path, capsys):
     meta = [json.loads(line) for line in (out / "geneval" / "metadata.jsonl").read_text().splitlines()]
     assert [m["tag"] for m in meta] == ["single_object", "two_object", "counting", "colors", "position", "color_attr"]
     assert main(["eval", "shapes", "--model", str(model), "--out", str(out), "--questions", "0"]) == 1
+
+
+def test_entry_point_snapshot_parts_and_a_step_override(tiny_parts, tmp_path, capsys):
+    """`unified snapshot-parts` takes finished parts from the parts folder; `unified train --steps`
+    overrides a stage's budget; a second call skips the finished stage."""
+    parts = tmp_path / "model" / "parts"
+    unified.main(["snapshot-parts", "--recipe-dir", str(tmp_path / "nothing"), "--parts-dir", str(tiny_parts),
+                  "--out", str(parts)])
+    assert json.loads((parts / "SNAPSHOT.json").read_text())["llm"] == str(tiny_parts / "llm")
+    args = ["train", "--preset", "tiny", "--stages", "adapt", "--run-dir", str(tmp_path / "runs"),
+            "--parts-dir", str(parts), "--steps", "adapt=1"]
+    unified.main(args)
+    evals = [json.loads(line) for line in (tmp_path / "runs" / "adapt" / "eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [1]
+    unified.main(args)
+    assert "already done" in capsys.readouterr().out

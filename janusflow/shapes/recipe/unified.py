@@ -436,6 +436,9 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--parts-dir", default=str(PARTS_DIR), help="the model is assembled into its parent")
     train.add_argument("--threads", type=int, default=1)
     train.add_argument("--nice", type=int, default=0)
+    train.add_argument("--steps", action="append", default=[], metavar="STAGE=N",
+                       help="override a stage's step budget, e.g. unified=6000 (to extend a finished stage, "
+                            "delete its DONE.json and the later stages' folders first)")
     snap = sub.add_parser("snapshot-parts", help=snapshot_parts.__doc__.split(".")[0])
     snap.add_argument("--recipe-dir", default="runs/recipe")
     snap.add_argument("--parts-dir", default=str(PARTS_DIR))
@@ -448,6 +451,13 @@ def main(argv: list[str] | None = None) -> None:
         os.nice(args.nice)
     torch.set_num_threads(args.threads)
     run_dir, parts_dir = Path(args.run_dir), Path(args.parts_dir)
+    settings = PRESETS[args.preset]
+    for item in args.steps:
+        stage, _, steps = item.partition("=")
+        if stage not in STAGE_ORDER or not steps.isdigit():
+            parser.error(f"--steps {item!r}: expected STAGE=N with STAGE one of {list(STAGE_ORDER)}")
+        settings = dataclasses.replace(settings, **{stage: dataclasses.replace(getattr(settings, stage),
+                                                                               steps=int(steps))})
     for stage in [s for s in args.stages.split(",") if s]:
         if stage not in STAGE_ORDER:
             parser.error(f"unknown stage {stage!r}; stages are {list(STAGE_ORDER)}")
@@ -455,7 +465,7 @@ def main(argv: list[str] | None = None) -> None:
             _log(stage, f"already done ({run_dir / stage / 'DONE.json'}); skipped")
             continue
         _log(stage, f"starting (preset {args.preset})")
-        run_stage(stage, PRESETS[args.preset], run_dir, parts_dir)
+        run_stage(stage, settings, run_dir, parts_dir)
 
 
 if __name__ == "__main__":
