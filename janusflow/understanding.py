@@ -65,16 +65,25 @@ def select_next(logits: torch.Tensor, cfg: DecodingConfig, generator: torch.Gene
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / cfg.temperature, dim=-1)
     sorted_probs, order = probs.sort(dim=-1, descending=True)
-    outside = sorted_probs.cumsum(dim=-1) - sorted_probs >= cfg.top_p  # mass before a token already >= p
-    sorted_probs = sorted_probs.masked_fill(outside, 0.0)  # the most likely token always stays
+    if cfg.top_p < 1:
+        outside = sorted_probs.cumsum(dim=-1) - sorted_probs >= cfg.top_p  # mass before a token already >= p
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)  # the most likely token always stays
     choice = torch.multinomial(sorted_probs, 1, generator=generator)  # (B, 1); multinomial renormalises
     return order.gather(-1, choice).squeeze(-1)
 
 
-@torch.inference_mode()
 def decode(model, batch: UnderstandingBatch, cfg: DecodingConfig, eos_token_id: int | None, pad_token_id: int,
            generator: torch.Generator | None = None, streamer=None, record_logits: bool = False) -> DecodeResult:
     """Answer every row of a left-padded understanding batch (see the module docstring)."""
+    try:
+        return _decode(model, batch, cfg, eos_token_id, pad_token_id, generator, streamer, record_logits)
+    finally:  # also on errors: a consumer iterating over the streamer must not wait forever
+        if streamer is not None:
+            streamer.end()
+
+
+@torch.inference_mode()
+def _decode(model, batch, cfg, eos_token_id, pad_token_id, generator, streamer, record_logits) -> DecodeResult:
     cfg.validate()
     B, T = batch.input_ids.shape
     if streamer is not None and B != 1:
@@ -92,7 +101,6 @@ def decode(model, batch: UnderstandingBatch, cfg: DecodingConfig, eos_token_id: 
     lm = model.language_model
     if streamer is not None:
         streamer.put(batch.input_ids.cpu())
-
     cache = None
     if cfg.use_cache:
         from transformers import DynamicCache
@@ -128,8 +136,6 @@ def decode(model, batch: UnderstandingBatch, cfg: DecodingConfig, eos_token_id: 
         else:  # reference: the prompt and every answer token, from scratch
             embeds = torch.cat([prompt, model.embed_tokens(generated)], dim=1)
             logits = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits[:, -1]
-    if streamer is not None:
-        streamer.end()
 
     tokens, stopped = [], []
     for row in generated.tolist():

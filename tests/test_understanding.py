@@ -211,3 +211,13 @@ def test_llava_layout(chat, tmp_path):
     assert [a["prompt"] for a in answers] == [q["text"] for q in questions]
     expected = chat.ask([images / "red.png"], "Is it round?\nAnswer with one word.", max_new_tokens=5)
     assert answers[2]["text"] == expected
+
+
+def test_streamer_ends_on_errors(chat):
+    from transformers import TextIteratorStreamer
+
+    streamer = TextIteratorStreamer(chat.processor.tokenizer, skip_prompt=True, timeout=5)
+    batch = batch_of(chat, conversations()[:1])
+    with pytest.raises(InputError):
+        decode(chat.model, batch, DecodingConfig(max_new_tokens=0), None, 0, streamer=streamer)
+    assert "".join(streamer) == ""  # the consumer is released (no timeout error)
