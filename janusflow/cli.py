@@ -121,7 +121,7 @@ def parity(args: argparse.Namespace) -> int:
 
 @command("generate", "text to image: PNGs in a folder, or the GenEval layout",
          arg("prompt", nargs="?", help="the prompt (or --geneval-metadata)"),
-         arg("--out", required=True, metavar="DIR"),
+         arg("--out", required=True, metavar="DIR", help="writes DIR/0000.png ... (GenEval: DIR/00000/samples/...)"),
          arg("--geneval-metadata", metavar="FILE", help="one JSON object a line with at least \"prompt\""),
          arg("--vae", metavar="DIR", help="diffusers AutoencoderKL folder (default: MODEL/vae)"),
          arg("--steps", type=int, default=30), arg("--cfg", type=float, default=2.0, help="guidance weight w"),

@@ -136,7 +136,8 @@ class JanusFlowPipeline:
         Images are ordered prompt by prompt (p0 x K, p1 x K, ...). ``generator`` is a
         ``torch.Generator``, a list with one per image, or an int seed; ``latents`` (B, C, S, S)
         replaces the drawn noise. ``batch_size`` caps the images sampled together (None: all);
-        the noise is drawn up front, so it does not change the result.
+        the noise is drawn up front, so it does not change the result. ``callback(step, num_steps)``
+        runs after every step of every batch.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         cfg = SamplerConfig(num_inference_steps, guidance_scale, solver, schedule, shift, use_prompt_cache)
@@ -158,17 +159,17 @@ class JanusFlowPipeline:
         chunks = [range(i, min(i + step, len(rows))) for i in range(0, len(rows), step)]
         bar = tqdm(total=cfg.num_steps * len(chunks), desc="sampling", unit="step",
                    **{"leave": False, **self._progress})
+
+        def progress(k: int, n: int) -> None:
+            bar.update(1)
+            if callback is not None:
+                callback(k, n)
+
         out = []
         try:
-            for chunk in chunks:
-                rows_batch = self.processor.build_generation_batch([rows[i] for i in chunk], 1, guidance=cfg.guided)
-                batch = rows_batch.to(self.device)
-
-                def progress(k: int, n: int) -> None:
-                    bar.update(1)
-                    if callback is not None:
-                        callback(k, n)
-
+            for chunk in chunks:  # cond rows of this chunk, then (guided) their make_uncond rows
+                batch = self.processor.build_generation_batch([rows[i] for i in chunk], 1, guidance=cfg.guided)
+                batch = batch.to(self.device)
                 out.append(sample_latents(self.model, batch.input_ids, batch.attention_mask,
                                           z0[chunk.start:chunk.stop], cfg, progress=progress).latents)
         finally:
