@@ -227,3 +227,17 @@ def test_streamer_ends_on_errors(chat):
     with pytest.raises(InputError):
         decode(chat.model, batch, DecodingConfig(max_new_tokens=0), None, 0, streamer=streamer)
     assert "".join(streamer) == ""  # the consumer is released (no timeout error)
+
+
+def test_greedy_equals_transformers_generate(chat):
+    """A second reference: transformers' own ``generate(inputs_embeds=...)`` on the same padded batch."""
+    convs = conversations()
+    batch = batch_of(chat, convs)
+    ours = decode(chat.model, batch_of(chat, convs), DecodingConfig(max_new_tokens=6), None, 0).tokens
+    with torch.no_grad():
+        embeds = chat.model.prepare_inputs_embeds(batch.input_ids, batch.pixel_values, batch.images_seq_mask,
+                                                  batch.images_emb_mask)
+        theirs = chat.model.language_model.generate(inputs_embeds=embeds, attention_mask=batch.attention_mask,
+                                                    max_new_tokens=6, do_sample=False, eos_token_id=None,
+                                                    pad_token_id=chat.processor.pad_id)
+    assert theirs.tolist() == ours
