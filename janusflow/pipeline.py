@@ -181,8 +181,10 @@ class JanusFlowPipeline:
         images = decode(self.vae, z)  # (B, 3, H, W) in [-1, 1]
         if output_type == "pil":
             return JanusFlowPipelineOutput(to_pil(images))
-        unit = (images + 1) / 2
-        return JanusFlowPipelineOutput(unit if output_type == "pt" else unit.permute(0, 2, 3, 1).numpy().astype(np.float32))
+        unit = (images + 1) / 2  # (B, 3, H, W) in [0, 1]
+        if output_type == "pt":
+            return JanusFlowPipelineOutput(unit)
+        return JanusFlowPipelineOutput(unit.permute(0, 2, 3, 1).numpy().astype(np.float32))  # (B, H, W, 3)
 
     def _noise(self, num: int, generator, latents: torch.Tensor | None) -> torch.Tensor:
         config = self.model.config

@@ -208,7 +208,8 @@ def test_bad_input_one_line_error(capsys, tmp_path, model_dir, no_vae_dir, image
     argv, expected_code, needle = BAD[case]
     (tmp_path / "broken.png").write_text("not a png")
     (tmp_path / "bad.jsonl").write_text('{"prompt": "ok"}\n{"prompt": \n')
-    (tmp_path / "long.jsonl").write_text(json.dumps({"prompt": "ok"}) + "\n" + json.dumps({"prompt": "w " * 600}) + "\n")
+    long_lines = [json.dumps({"prompt": "ok"}), json.dumps({"prompt": "w " * 600})]
+    (tmp_path / "long.jsonl").write_text("\n".join(long_lines) + "\n")
     argv = [a.format(tmp=tmp_path, model=model_dir, image=image, novae=no_vae_dir) for a in argv]
     code, out, err = run(capsys, *argv)
     assert code == expected_code
