@@ -216,22 +216,15 @@ def generate_to_folder(pipe: JanusFlowPipeline, prompt: str, out_dir: str | os.P
 
 def read_geneval_metadata(file: str | os.PathLike) -> list[tuple[str, dict]]:
     """(line, object) for each non-empty line of a GenEval metadata file; every object needs a prompt."""
-    path = Path(os.fspath(file))
-    if not path.is_file():
-        raise InputError(f"metadata file not found: {path}")
+    from .jsonl import read_jsonl
+
     entries = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{number}: not a JSON object ({e.msg})") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
-            raise InputError(f"{path}:{number}: each line needs a string \"prompt\"")
-        entries.append((line.strip(), obj))
+    for number, line, obj in read_jsonl(file, "metadata file"):
+        if not isinstance(obj.get("prompt"), str):
+            raise InputError(f"{file}:{number}: each line needs a string \"prompt\"")
+        entries.append((line, obj))
     if not entries:
-        raise InputError(f"{path}: no prompts")
+        raise InputError(f"{file}: no prompts")
     return entries
 
 

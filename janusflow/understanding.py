@@ -220,18 +220,12 @@ class JanusFlowChat:
 
 def read_llava_questions(question_file: str | os.PathLike, image_folder: str | os.PathLike | None) -> list[dict]:
     """Lines ``{"question_id", "image", "text"}`` (``image`` relative to ``image_folder``, optional)."""
+    from .jsonl import read_jsonl
+
     path = Path(os.fspath(question_file))
-    if not path.is_file():
-        raise InputError(f"question file not found: {path}")
     questions = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{number}: not a JSON object ({e.msg})") from None
-        if not isinstance(item, dict) or "question_id" not in item or not isinstance(item.get("text"), str):
+    for number, _, item in read_jsonl(path, "question file"):
+        if "question_id" not in item or not isinstance(item.get("text"), str):
             raise InputError(f"{path}:{number}: each line needs \"question_id\" and a string \"text\"")
         image = item.get("image")
         if image is not None:

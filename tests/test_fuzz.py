@@ -42,37 +42,6 @@ PER_INPUT_SECONDS = 20
 FUZZ = settings(deadline=None, database=None, suppress_health_check=list(HealthCheck), derandomize=False)
 
 
-class KnownBugs:
-    """Inputs that hit a bug already reported in a module this file's owner does not own.
-
-    The campaign goes on past them (so other bugs still show); the test is then marked xfail,
-    naming the bug and one input. When the bug is fixed, nothing is recorded and the test passes.
-    """
-
-    def __init__(self):
-        self.hits: dict[str, list] = collections.defaultdict(list)
-
-    def record(self, reason: str, example) -> None:
-        self.hits[reason].append(example)
-
-    def xfail_if_any(self) -> None:
-        if self.hits:
-            pytest.xfail("; ".join(f"{reason} ({len(found)} inputs, e.g. {found[0]!r:.80})"
-                                   for reason, found in self.hits.items()))
-
-
-SURROGATE_BUG = ("janusflow/processor.py: a prompt or question holding a lone surrogate (e.g. '\\ud800', "
-                 "which JSON and Python strings allow) raises TypeError from the tokenizer, not InputError")
-UTF8_FILE_BUG = ("janusflow/pipeline.py read_geneval_metadata: a non-UTF-8 file raises UnicodeDecodeError, "
-                 "not InputError (the CLI still prints one line, as it catches ValueError)")
-UTF8_CONFIG_BUG = ("janusflow/config.py JanusFlowConfig.load: a non-UTF-8 config.json raises UnicodeDecodeError, "
-                   "not ConfigError")
-
-
-def has_surrogate(text: str) -> bool:
-    return any("\ud800" <= c <= "\udfff" for c in text)
-
-
 @contextlib.contextmanager
 def alarm(seconds: float = PER_INPUT_SECONDS):
     """Fail an input that runs longer than ``seconds`` (SIGALRM in the main thread)."""
@@ -252,7 +221,6 @@ def engine(tiny_dir):
 
 
 def test_fuzz_generation_prompts_in_the_processor(engine):
-    bugs = KnownBugs()
 
     @settings(FUZZ, max_examples=300)
     @given(prompt=texts)
@@ -263,18 +231,12 @@ def test_fuzz_generation_prompts_in_the_processor(engine):
                 ids = engine.processor.build_generation_batch([prompt], 2, guidance=True).input_ids
             except InputError:
                 return
-            except TypeError:
-                if has_surrogate(prompt):
-                    return bugs.record(SURROGATE_BUG, prompt)
-                raise
         assert ids.shape[0] == 4
 
     run()
-    bugs.xfail_if_any()
 
 
 def test_fuzz_prompts_and_questions_through_the_model(engine):
-    bugs = KnownBugs()
 
     @settings(FUZZ, max_examples=40)
     @given(text=texts)
@@ -290,13 +252,8 @@ def test_fuzz_prompts_and_questions_through_the_model(engine):
                         assert isinstance(engine.ask(Image.new("RGB", (8, 8)), text, 3), str)
                 except JanusFlowError:
                     pass
-                except TypeError:
-                    if not has_surrogate(text):
-                        raise
-                    bugs.record(SURROGATE_BUG, text)
 
     run()
-    bugs.xfail_if_any()
 
 
 # =========================================================================================================
@@ -313,7 +270,6 @@ PROMPT_FILES = st.one_of(
 def test_fuzz_prompt_files(tmp_path):
     from janusflow.pipeline import read_geneval_metadata
 
-    bugs = KnownBugs()
     path = tmp_path / "metadata.jsonl"
 
     @settings(FUZZ, max_examples=80)
@@ -326,12 +282,9 @@ def test_fuzz_prompt_files(tmp_path):
                 entries = read_geneval_metadata(path)
             except InputError:
                 return
-            except UnicodeDecodeError:
-                return bugs.record(UTF8_FILE_BUG, data)
         assert entries and all(isinstance(obj["prompt"], str) for _, obj in entries)
 
     run()
-    bugs.xfail_if_any()
 
 
 # =========================================================================================================
@@ -412,7 +365,6 @@ def config_documents(draw):
 def test_fuzz_config_files(tmp_path):
     from janusflow.checkpoint import read_config
 
-    bugs = KnownBugs()
     (tmp_path / "model").mkdir()
     file = tmp_path / "model" / "config.json"
 
@@ -426,8 +378,6 @@ def test_fuzz_config_files(tmp_path):
                 JanusFlowConfig.load(file).validate()
             except JanusFlowError:
                 pass
-            except UnicodeDecodeError:
-                bugs.record(UTF8_CONFIG_BUG, document)
             try:
                 config, _ = read_config(file.parent)
             except JanusFlowError:
@@ -435,7 +385,6 @@ def test_fuzz_config_files(tmp_path):
         assert isinstance(config, JanusFlowConfig)
 
     run()
-    bugs.xfail_if_any()
 
 
 # =========================================================================================================

@@ -10,13 +10,14 @@ Understanding: :func:`llava_questions` renders fresh scenes and asks one questio
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from .. import jsonl
 from ..errors import InputError
+from ..jsonl import write_jsonl  # noqa: F401  (re-exported)
 from .prompts import all_prompts, parse_prompt
 from .questions import sample_question, score_answer
 from .render import render
@@ -40,23 +41,8 @@ def geneval_metadata(prompts_per_category: int = 50, seed: int = 0) -> list[dict
     return lines
 
 
-def write_jsonl(path: str | Path, lines: list[dict]) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for line in lines:
-            f.write(json.dumps(line) + "\n")
-
-
 def read_jsonl(path: str | Path) -> list[dict]:
-    lines = []
-    with open(path, encoding="utf-8") as f:
-        for number, text in enumerate(f, 1):
-            if text.strip():
-                try:
-                    lines.append(json.loads(text))
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{path}:{number}: not a JSON object ({e})") from None
-    return lines
+    return [obj for _, _, obj in jsonl.read_jsonl(path)]
 
 
 def score_geneval_folder(folder: str | Path) -> dict:
