@@ -88,12 +88,3 @@ def make_model_folder(folder: str | Path, seed: int = 0, with_vae: bool = True, 
     if with_vae:
         tiny_vae(model.config.gen_vision.latent_channels, seed).save_pretrained(folder / "vae")
     return folder
-
-
-def one_torch_thread():
-    """Generator for a module-scoped fixture: tiny models gain nothing from a second thread, and on a
-    busy machine two OpenMP threads waiting for each other make every small op milliseconds long."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

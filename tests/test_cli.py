@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from inference_helpers import make_model_folder, one_torch_thread
+from inference_helpers import make_model_folder
 from janusflow import pipeline as pipeline_module
 from janusflow.cli import main
 from janusflow.pipeline import JanusFlowPipeline
@@ -25,11 +25,6 @@ from janusflow.understanding import JanusFlowChat
 
 FIXTURE = Path(__file__).parent / "fixtures" / "parity-small"
 
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    yield from one_torch_thread()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from inference_helpers import make_model_folder, one_torch_thread, tiny_vae
+from inference_helpers import make_model_folder, tiny_vae
 from janusflow.errors import CheckpointError, InputError
 from janusflow.pipeline import JanusFlowPipeline, generate_geneval, load_model_and_processor
 from janusflow.sampler import SamplerConfig, initial_noise, sample_latents
@@ -16,11 +16,6 @@ from janusflow.vae import NonFiniteLatentsError, check_finite, decode, load_vae,
 
 PROMPTS = ["a red circle", "two green triangles left of a yellow star"]
 
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    yield from one_torch_thread()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from inference_helpers import one_torch_thread, tiny_model, tiny_processor
+from inference_helpers import tiny_model, tiny_processor
 from janusflow.checkpoint import load_model
 from janusflow.errors import InputError
 from janusflow.parity import TOLERANCE, generation_case
@@ -19,11 +19,6 @@ from janusflow.sampler import SamplerConfig, initial_noise, integrate, sample_la
 FIXTURE = Path(__file__).parent / "fixtures" / "parity-small"
 PROMPTS = ["a red circle", "two green triangles left of a yellow star above the blue square", "dog"]
 
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    yield from one_torch_thread()
 
 
 @pytest.fixture(scope="module")

@@ -25,15 +25,6 @@ from janusflow.train.toydata import toy_overrides, write_toy_data
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run as fast on one thread, and a second one only spins on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     return write_toy_data(tmp_path_factory.mktemp("toy"), count=12)

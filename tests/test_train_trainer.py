@@ -13,15 +13,6 @@ from janusflow.train import Shard, Trainer, TrainerConfig, share
 from janusflow.train.checkpointing import list_checkpoints
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run as fast on one thread, and a second one only spins on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class _Regression(nn.Module):
     def __init__(self):
         super().__init__()

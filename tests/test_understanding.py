@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from inference_helpers import one_torch_thread, tiny_model, tiny_processor
+from inference_helpers import tiny_model, tiny_processor
 from janusflow.errors import InputError
 from janusflow.understanding import (
     Conversation, DecodingConfig, JanusFlowChat, answer_llava_questions, decode, select_next, user_message,
@@ -19,11 +19,6 @@ from janusflow.understanding import (
 RED = Image.new("RGB", (40, 30), (200, 10, 10))
 BLUE = Image.new("RGB", (20, 36), (20, 60, 220))
 
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    yield from one_torch_thread()
 
 
 def gradient():
