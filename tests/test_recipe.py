@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from janusflow.shapes import Obj, Scene, describe, render_array
+from janusflow.shapes import Obj, Scene, describe, render_array, sample_scene
 from janusflow.shapes.recipe import run
 from janusflow.shapes.recipe.corpus import chat_text, tokenizer_corpus
 from janusflow.shapes.recipe.data import batch_rng, read_matches, scene_images, to_pixels, to_uint8
@@ -85,6 +85,40 @@ def test_caption_labels_are_the_truth():
     assert not caption_is_true("a red circle", other)
     labels = true_matrix([SCENE, other], [describe(SCENE), "a circle", "a green circle"])
     assert labels.tolist() == [[1, 1, -1], [-1, 1, 1]]
+
+
+def test_near_misses_are_valid_false_descriptions():
+    from janusflow.shapes import parse_description
+    from janusflow.shapes.recipe.siglip import near_miss
+
+    rng = np.random.default_rng(0)
+    kinds, false = set(), 0
+    for _ in range(200):
+        scene = sample_scene(rng)
+        text = near_miss(rng, scene)
+        assert text != describe(scene)
+        # false of its scene, unless it reads as a true prompt ("a red circle" after a drop)
+        false += not caption_is_true(text, scene)
+        named, true = parse_description(text), parse_description(describe(scene))
+        assert named is not None  # still a well-formed description
+        kinds.add("same multiset" if named == true else "other multiset")
+    assert kinds == {"same multiset", "other multiset"}  # order swaps and object edits both occur
+    assert false >= 180
+
+
+def test_siglip_batch_holds_hard_negatives():
+    from janusflow.shapes.recipe.siglip import SiglipTask, tiny_siglip
+    from janusflow.train import Shard
+    from janusflow.tokenizer_build import build_tokenizer
+
+    tokenizer = build_tokenizer(list(tokenizer_corpus(num_scenes=20)), 300)
+    task = SiglipTask(tokenizer, dataclasses.replace(tiny_siglip(), max_text_tokens=64), batch_size=16)
+    (batch,) = task.micro_batches(0, Shard(0, 1, 1))
+    extra = batch["ids"].shape[0] - 16
+    assert extra > 0 and batch["labels"].shape == (16, 16 + extra)
+    assert (batch["labels"].diagonal() == 1).all()
+    loss, _ = task.module(batch, task.counts(batch))
+    loss.backward()
 
 
 def test_chat_text_is_the_processors_template():
