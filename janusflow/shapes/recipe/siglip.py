@@ -257,7 +257,8 @@ def evaluate_siglip(pair: SiglipPair, tokenizer, num_scenes: int = 256, seed: in
     """On fresh scenes:
 
     describe_top1   image -> text retrieval among the scenes' own descriptions: the best-scoring
-                    description is the image's (string equal; ties between equal scenes count right)
+                    description is the image's (string equal; ties between equal scenes count right);
+                    describe_count: the best one has the image's number of objects
     prompt_acc      every image against all 240 prompts, read as true when logit > 0: accuracy
                     against the scorer's `passes`; prompt_bal_acc: mean of the true- and
                     false-pair accuracies
@@ -272,6 +273,7 @@ def evaluate_siglip(pair: SiglipPair, tokenizer, num_scenes: int = 256, seed: in
     texts = pair.embed_texts(encode_captions(tokenizer, descriptions, length))
     best = pair.logits(images, texts).argmax(1).tolist()
     describe_top1 = float(np.mean([descriptions[j] == descriptions[i] for i, j in enumerate(best)]))
+    describe_count = float(np.mean([len(scenes[j].objects) == len(scenes[i].objects) for i, j in enumerate(best)]))
 
     prompts = [p for tag in CATEGORIES for p in all_prompts(tag)]
     prompt_texts = pair.embed_texts(encode_captions(tokenizer, [p.text for p in prompts], length))
@@ -280,6 +282,7 @@ def evaluate_siglip(pair: SiglipPair, tokenizer, num_scenes: int = 256, seed: in
     pair.train(was_training)
     return {
         "describe_top1": describe_top1,
+        "describe_count": describe_count,
         "prompt_acc": float((said == truth).mean()),
         "prompt_bal_acc": float(0.5 * (said[truth].mean() + (~said[~truth]).mean())),
     }
