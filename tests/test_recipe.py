@@ -134,6 +134,30 @@ def test_chat_text_is_the_processors_template():
     assert chat_text([("a red circle", "")], system_prompt="") == processor.apply_sft_template(open_turn, "")
 
 
+def test_lm_answer_mask_and_weighted_loss():
+    from janusflow.shapes.recipe.lm import LMObjective, answer_mask, tiny_language
+    from janusflow.tokenizer_build import build_tokenizer
+
+    tokenizer = build_tokenizer(list(tokenizer_corpus(num_scenes=20)), 300)
+    text = chat_text([("a red circle\nhow many shapes are there?", "one"), ("is there a red circle?", "yes")], "")
+    ids = torch.tensor([[tokenizer.bos_token_id] + tokenizer.encode(text, add_special_tokens=False)])
+    mask = answer_mask(tokenizer, ids)
+    answers = tokenizer.decode(ids[0][mask[0]], skip_special_tokens=False)
+    assert answers == f" one{tokenizer.eos_token} yes{tokenizer.eos_token}"
+
+    torch.manual_seed(0)
+    plain, weighted = LMObjective(tiny_language(len(tokenizer))), LMObjective(tiny_language(len(tokenizer)), 4.0)
+    weighted.load_state_dict(plain.state_dict())
+    batch = {"ids": ids, "answer": mask}
+    n, a = ids.shape[1] - 1, float(mask[:, 1:].sum())
+    totals = {"ce_tokens": n, "answer_tokens": a}
+    loss, logs = plain(batch, {**totals, "ce_weight": n})
+    assert float(loss.detach()) == pytest.approx(logs["ce"])
+    loss4, logs4 = weighted(batch, {**totals, "ce_weight": n + 4 * a})
+    # (sum ce + 4 sum_answers ce) / (n + 4 a)
+    assert float(loss4.detach()) == pytest.approx((logs["ce"] * n + 4 * logs["ce_answers"] * a) / (n + 4 * a), rel=1e-5)
+
+
 def test_recipe_smoke_run_resumes_and_skips(tmp_path, capsys):
     run_dir, parts = tmp_path / "run", tmp_path / "parts"
     tiny = run.PRESETS["tiny"]
