@@ -252,6 +252,44 @@ class SiglipTask:
         (directory / "siglip_head.json").write_text(json.dumps(head) + "\n", encoding="utf-8")
 
 
+def patch_labels(scenes: list[Scene], patch: int) -> torch.Tensor:
+    """(N, grid^2) class of each patch, row-major: 0 background, 1 + 3 * colour + shape for the
+    object owning most of the patch's pixels (when it owns at least half of them)."""
+    from ..render import shape_mask
+    from ..world import IMAGE_SIZE
+
+    grid = IMAGE_SIZE // patch
+    labels = torch.zeros(len(scenes), grid * grid, dtype=torch.int64)
+    for i, scene in enumerate(scenes):
+        for obj in scene.objects:
+            owned = shape_mask(obj).reshape(grid, patch, grid, patch).sum((1, 3)).reshape(-1)  # pixels a patch
+            cls = 1 + 3 * COLORS.index(obj.color) + SHAPES.index(obj.shape)
+            labels[i, torch.from_numpy(owned >= patch * patch / 2)] = cls
+    return labels
+
+
+@torch.enable_grad()
+def patch_probe(tokens: torch.Tensor, labels: torch.Tensor, train_share: float = 0.75, steps: int = 300) -> dict[str, float]:
+    """Fit a linear classifier (softmax regression, Adam) on the patch tokens of the first
+    `train_share` of the images; accuracy on the others, over all patches and object patches."""
+    cut = int(len(tokens) * train_share)
+    x = tokens.detach().flatten(0, 1)
+    x = (x - x[:cut * tokens.shape[1]].mean(0)) / (x[:cut * tokens.shape[1]].std(0) + 1e-6)
+    y = labels.flatten()
+    split = cut * tokens.shape[1]
+    torch.manual_seed(0)
+    head = nn.Linear(x.shape[1], 1 + len(COLORS) * len(SHAPES))
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(head(x[:split]), y[:split]).backward()
+        opt.step()
+    with torch.no_grad():
+        right = head(x[split:]).argmax(1) == y[split:]
+    objects = y[split:] > 0
+    return {"probe_acc": float(right.float().mean()), "probe_object_acc": float(right[objects].float().mean())}
+
+
 @torch.no_grad()
 def evaluate_siglip(pair: SiglipPair, tokenizer, num_scenes: int = 256, seed: int = EVAL_SEED + 2) -> dict[str, float]:
     """On fresh scenes:
@@ -262,6 +300,8 @@ def evaluate_siglip(pair: SiglipPair, tokenizer, num_scenes: int = 256, seed: in
     prompt_acc      every image against all 240 prompts, read as true when logit > 0: accuracy
                     against the scorer's `passes`; prompt_bal_acc: mean of the true- and
                     false-pair accuracies
+    probe_acc       what JanusFlow reads, the token features: a linear probe (`patch_probe`) on
+                    them names the (colour, shape) owning each 8 x 8 patch, or background
     """
     was_training = pair.training
     pair.eval()
@@ -279,8 +319,12 @@ def evaluate_siglip(pair: SiglipPair, tokenizer, num_scenes: int = 256, seed: in
     prompt_texts = pair.embed_texts(encode_captions(tokenizer, [p.text for p in prompts], length))
     said = (pair.logits(images, prompt_texts) > 0).numpy()  # (N, 240)
     truth = np.array([[passes(p, s.objects) for p in prompts] for s in scenes])
+    tokens = torch.cat([pair.vision(pixel_values=pixels[i:i + 128]).last_hidden_state
+                        for i in range(0, num_scenes, 128)])  # (N, grid^2, W)
+    probe = patch_probe(tokens, patch_labels(scenes, pair.cfg.vision.patch_size))
     pair.train(was_training)
     return {
+        **probe,
         "describe_top1": describe_top1,
         "describe_count": describe_count,
         "prompt_acc": float((said == truth).mean()),
