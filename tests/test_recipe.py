@@ -106,6 +106,17 @@ def test_near_misses_are_valid_false_descriptions():
     assert false >= 180
 
 
+def test_patch_labels_name_the_owner_of_each_patch():
+    from janusflow.shapes.recipe.siglip import patch_labels
+
+    square = Scene((Obj("square", "blue", 8, 8, 16), Obj("circle", "red", 40, 40, 12)))
+    labels = patch_labels([square], patch=8)[0].view(8, 8)
+    blue_square = 1 + 3 * 2 + 1  # COLORS.index("blue") = 2, SHAPES.index("square") = 1
+    assert (labels[1:3, 1:3] == blue_square).all()
+    # the circle (box 40..52) owns patch (5, 5) fully and at least half of no other patch
+    assert labels[5, 5] == 1 + 3 * 0 + 0 and int((labels > 0).sum()) == 5
+
+
 def test_siglip_batch_holds_hard_negatives():
     from janusflow.shapes.recipe.siglip import SiglipTask, tiny_siglip
     from janusflow.train import Shard
