@@ -79,11 +79,19 @@ def test_sigmoid_loss_matches_the_formula():
 
 
 def test_caption_labels_are_the_truth():
+    from janusflow.shapes.recipe.siglip import description_caption
+
     other = Scene((Obj("circle", "green", 40, 6, 16),))
-    assert caption_is_true(describe(SCENE), SCENE) and not caption_is_true(describe(SCENE), other)
+    mine = description_caption(describe(SCENE))
+    assert mine == "describe the image. a red circle and a blue square"
+    assert caption_is_true(mine, SCENE) and not caption_is_true(mine, other)
+    assert not caption_is_true("describe the image. a blue square and a red circle", SCENE)  # order counts
+    bigger = Scene(SCENE.objects + (other.objects[0],))
+    assert caption_is_true("a red circle and a blue square", bigger)  # a prompt: holds in any superset
+    assert not caption_is_true(mine, bigger)  # a description: exactly these objects
     assert caption_is_true("a circle", SCENE) and caption_is_true("a circle", other)
     assert not caption_is_true("a red circle", other)
-    labels = true_matrix([SCENE, other], [describe(SCENE), "a circle", "a green circle"])
+    labels = true_matrix([SCENE, other], [mine, "a circle", "a green circle"])
     assert labels.tolist() == [[1, 1, -1], [-1, 1, 1]]
 
 
@@ -92,18 +100,15 @@ def test_near_misses_are_valid_false_descriptions():
     from janusflow.shapes.recipe.siglip import near_miss
 
     rng = np.random.default_rng(0)
-    kinds, false = set(), 0
+    kinds = set()
     for _ in range(200):
         scene = sample_scene(rng)
         text = near_miss(rng, scene)
-        assert text != describe(scene)
-        # false of its scene, unless it reads as a true prompt ("a red circle" after a drop)
-        false += not caption_is_true(text, scene)
-        named, true = parse_description(text), parse_description(describe(scene))
+        assert text.startswith("describe the image. ") and not caption_is_true(text, scene)
+        named, true = parse_description(text.removeprefix("describe the image. ")), parse_description(describe(scene))
         assert named is not None  # still a well-formed description
         kinds.add("same multiset" if named == true else "other multiset")
     assert kinds == {"same multiset", "other multiset"}  # order swaps and object edits both occur
-    assert false >= 180
 
 
 def test_patch_labels_name_the_owner_of_each_patch():

@@ -18,16 +18,20 @@ Bias init: SigLIP's -10 suits one true pair among 32k; here about 15% of the pai
 128 are true (log-odds about -1.7), and at Adam's learning rate b moves about 1e-3 a step, so -10
 would take thousands of steps to correct. -2 starts near the batch's prior.
 
-Captions: with probability `description_share` the scene's description (`describe the image.`:
-every object, left to right), else a true prompt of a random category (`caption_for_scene`).
+Captions: with probability `description_share` the scene's description as a question and its
+answer (`describe the image. a red circle and a blue square`: every object, left to right), else
+a true prompt of a random category (`caption_for_scene`). The question keeps a description from
+reading as a prompt: alone, "a red circle and a blue square" is also a color_attr prompt, true of
+any scene holding both objects, and a first run with bare descriptions could not learn order or
+count from them (it preferred the true description to one with its neighbours swapped, or with its
+last object dropped, about half the time).
+
 Hard negatives: beside each description caption (with probability `hard_negative_share`) the batch
 gets one extra text, a near miss of that description (`near_miss`: an object recoloured, reshaped,
 dropped or added, two neighbours swapped, or two objects' colours exchanged), true of no image of
 the batch unless it happens to describe one exactly, so the image-by-text label matrix is
-B x (B + E). Without them, random batches almost never hold two scenes that differ by one object,
-and a first run learnt a bag of looks: after 2,000 steps its best description among 256 had the
-wrong number of objects in 60% of the scenes with two or more objects (NegCLIP, Yuksekgonul et al.
-2023, fixed CLIP's order and binding blindness the same way).
+B x (B + E). Random batches almost never hold two scenes that differ by one object (NegCLIP,
+Yuksekgonul et al. 2023, fixed CLIP's order and binding blindness the same way).
 
 JanusFlow reads the tower's token features (last_hidden_state), not the pooled vector; the
 pooled loss trains them.
@@ -47,7 +51,7 @@ import torch.nn.functional as F
 from ...config import UnderstandingVisionConfig
 from ...train.trainer import share
 from ..prompts import all_prompts, caption_for_scene, parse_prompt
-from ..questions import describe
+from ..questions import DESCRIBE_QUESTION, describe
 from ..scorer import passes
 from ..world import CATEGORIES, COLORS, SHAPES, Scene
 from .data import EVAL_SEED, batch_rng, scene_images
@@ -144,9 +148,16 @@ def description_text(looks: list[tuple[str, str]]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
+def description_caption(text: str) -> str:
+    """A description as a caption: the question and its answer, so that no description reads as a
+    prompt ("a red circle and a blue square" alone is also a color_attr prompt, true of every
+    scene holding both objects; with the question it means exactly these objects, in this order)."""
+    return f"{DESCRIBE_QUESTION} {text}"
+
+
 def near_miss(rng: np.random.Generator, scene: Scene) -> str:
-    """A description that differs from the scene's in one way: an object recoloured or reshaped,
-    dropped or added, two neighbours swapped, or two objects' colours exchanged (binding)."""
+    """A description caption that differs from the scene's in one way: an object recoloured or
+    reshaped, dropped or added, two neighbours swapped, or two objects' colours exchanged (binding)."""
     looks = [(o.color, o.shape) for o in sorted(scene.objects, key=lambda o: (o.cx, o.cy, o.shape, o.color))]
     truth = description_text(looks)
     n = len(looks)
@@ -170,18 +181,15 @@ def near_miss(rng: np.random.Generator, scene: Scene) -> str:
             edit[i], edit[j] = (edit[j][0], edit[i][1]), (edit[i][0], edit[j][1])
         text = description_text(edit)
         if text != truth:
-            return text
+            return description_caption(text)
 
 
 def caption_is_true(caption: str, scene: Scene) -> bool:
-    """A description is true of the scene with exactly that description; a prompt when it passes.
-    A text that is both ("a red circle", "a red circle and a blue square") has one meaning for the
-    text tower, so it is read as the prompt: true of every scene that passes it."""
-    try:
-        prompt = parse_prompt(caption)
-    except ValueError:
-        return describe(scene) == caption
-    return passes(prompt, scene.objects)
+    """A description caption is true of the scene with exactly that description (objects and
+    order); a prompt of every scene that passes it."""
+    if caption.startswith(DESCRIBE_QUESTION + " "):
+        return description_caption(describe(scene)) == caption
+    return passes(parse_prompt(caption), scene.objects)
 
 
 def true_matrix(scenes: list[Scene], captions: list[str]) -> torch.Tensor:
@@ -206,7 +214,7 @@ class SiglipTask:
         captions, near = [], []
         for scene in scenes:
             if rng.random() < self.cfg.description_share:
-                captions.append(describe(scene))
+                captions.append(description_caption(describe(scene)))
                 near.append(near_miss(rng, scene) if rng.random() < self.cfg.hard_negative_share else None)
             else:
                 captions.append(caption_for_scene(rng, scene)[1])
@@ -308,7 +316,7 @@ def evaluate_siglip(pair: SiglipPair, tokenizer, num_scenes: int = 256, seed: in
     rng = np.random.default_rng(seed)
     scenes, pixels = scene_images(rng, num_scenes)
     images = torch.cat([pair.embed_images(pixels[i:i + 128]) for i in range(0, num_scenes, 128)])
-    descriptions = [describe(s) for s in scenes]
+    descriptions = [description_caption(describe(s)) for s in scenes]
     length = pair.cfg.max_text_tokens
     texts = pair.embed_texts(encode_captions(tokenizer, descriptions, length))
     best = pair.logits(images, texts).argmax(1).tolist()
