@@ -142,7 +142,10 @@ def encode_captions(tokenizer, captions: list[str], length: int) -> torch.Tensor
     return torch.tensor([r + [tokenizer.pad_token_id] * (length - len(r)) for r in rows], dtype=torch.int64)
 
 
-def description_text(looks: list[tuple[str, str]]) -> str:
+Look = tuple[str, str]  # (colour, shape)
+
+
+def description_text(looks: list[Look]) -> str:
     """(colour, shape) items, in order, joined as `describe` joins them."""
     items = [f"a {color} {shape}" for color, shape in looks]
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
@@ -155,33 +158,48 @@ def description_caption(text: str) -> str:
     return f"{DESCRIBE_QUESTION} {text}"
 
 
+EDITS: tuple[str, ...] = ("recolour", "reshape", "drop", "add", "swap", "exchange")
+
+
+def edit_looks(rng: np.random.Generator, looks: list[Look], kind: str) -> list[Look] | None:
+    """`looks` (left to right) changed one way, or None when `kind` does not apply: an object
+    recoloured or reshaped, dropped (2+ objects) or added (3 or fewer), two neighbours swapped,
+    or two objects' colours exchanged (binding). The result may equal `looks` (e.g. a recolour to
+    the same colour); callers check."""
+    edit, n = list(looks), len(looks)
+    i, j = int(rng.integers(n)), int(rng.integers(n))
+    if kind == "recolour":
+        edit[i] = (COLORS[int(rng.integers(len(COLORS)))], edit[i][1])
+    elif kind == "reshape":
+        edit[i] = (edit[i][0], SHAPES[int(rng.integers(len(SHAPES)))])
+    elif kind == "drop" and n >= 2:
+        del edit[i]
+    elif kind == "add" and n <= 3:
+        edit.insert(int(rng.integers(n + 1)), (COLORS[int(rng.integers(len(COLORS)))],
+                                               SHAPES[int(rng.integers(len(SHAPES)))]))
+    elif kind == "swap" and n >= 2:
+        k = int(rng.integers(n - 1))
+        edit[k], edit[k + 1] = edit[k + 1], edit[k]
+    elif kind == "exchange" and n >= 2:
+        edit[i], edit[j] = (edit[j][0], edit[i][1]), (edit[i][0], edit[j][1])
+    else:
+        return None
+    return edit
+
+
+def ordered_looks(scene: Scene) -> list[Look]:
+    """(colour, shape) of the objects in `describe`'s order (left to right, ties top first)."""
+    return [(o.color, o.shape) for o in sorted(scene.objects, key=lambda o: (o.cx, o.cy, o.shape, o.color))]
+
+
 def near_miss(rng: np.random.Generator, scene: Scene) -> str:
-    """A description caption that differs from the scene's in one way: an object recoloured or
-    reshaped, dropped or added, two neighbours swapped, or two objects' colours exchanged (binding)."""
-    looks = [(o.color, o.shape) for o in sorted(scene.objects, key=lambda o: (o.cx, o.cy, o.shape, o.color))]
-    truth = description_text(looks)
-    n = len(looks)
+    """A description caption that differs from the scene's in one way (`edit_looks`, a kind drawn
+    uniformly among EDITS, redrawn until the text changes)."""
+    looks = ordered_looks(scene)
     while True:
-        edit = list(looks)
-        kind = ["recolour", "reshape", "drop", "add", "swap", "exchange"][int(rng.integers(6))]
-        i, j = int(rng.integers(n)), int(rng.integers(n))
-        if kind == "recolour":
-            edit[i] = (COLORS[int(rng.integers(len(COLORS)))], edit[i][1])
-        elif kind == "reshape":
-            edit[i] = (edit[i][0], SHAPES[int(rng.integers(len(SHAPES)))])
-        elif kind == "drop" and n >= 2:
-            del edit[i]
-        elif kind == "add" and n <= 3:
-            edit.insert(int(rng.integers(n + 1)), (COLORS[int(rng.integers(len(COLORS)))],
-                                                   SHAPES[int(rng.integers(len(SHAPES)))]))
-        elif kind == "swap" and n >= 2:
-            k = int(rng.integers(n - 1))
-            edit[k], edit[k + 1] = edit[k + 1], edit[k]
-        elif kind == "exchange" and n >= 2:
-            edit[i], edit[j] = (edit[j][0], edit[i][1]), (edit[i][0], edit[j][1])
-        text = description_text(edit)
-        if text != truth:
-            return description_caption(text)
+        edit = edit_looks(rng, looks, EDITS[int(rng.integers(len(EDITS)))])
+        if edit is not None and edit != looks:
+            return description_caption(description_text(edit))
 
 
 def caption_is_true(caption: str, scene: Scene) -> bool:
@@ -299,6 +317,23 @@ def patch_probe(tokens: torch.Tensor, labels: torch.Tensor, train_share: float =
 
 
 @torch.no_grad()
+def near_miss_preference(pair: SiglipPair, tokenizer, scenes: list[Scene], images: torch.Tensor,
+                         rng: np.random.Generator) -> dict[str, float]:
+    right: dict[str, list[bool]] = {kind: [] for kind in EDITS}
+    for scene, image in zip(scenes, images):
+        looks = ordered_looks(scene)
+        edits = {kind: edit_looks(rng, looks, kind) for kind in EDITS}
+        edits = {kind: e for kind, e in edits.items() if e is not None and e != looks}
+        texts = [description_caption(description_text(e)) for e in [looks, *edits.values()]]
+        scores = pair.embed_texts(encode_captions(tokenizer, texts, pair.cfg.max_text_tokens)) @ image
+        for kind, score in zip(edits, scores[1:]):
+            right[kind].append(bool(scores[0] > score))
+    result = {f"near_{kind}": float(np.mean(v)) for kind, v in right.items() if v}
+    result["near_acc"] = float(np.mean([c for v in right.values() for c in v]))
+    return result
+
+
+@torch.no_grad()
 def evaluate_siglip(pair: SiglipPair, tokenizer, num_scenes: int = 256, seed: int = EVAL_SEED + 2) -> dict[str, float]:
     """On fresh scenes:
 
@@ -308,6 +343,8 @@ def evaluate_siglip(pair: SiglipPair, tokenizer, num_scenes: int = 256, seed: in
     prompt_acc      every image against all 240 prompts, read as true when logit > 0: accuracy
                     against the scorer's `passes`; prompt_bal_acc: mean of the true- and
                     false-pair accuracies
+    near_<kind>     the share of images whose description caption scores above a near miss of
+                    it of that kind (`edit_looks`); near_acc over all kinds
     probe_acc       what JanusFlow reads, the token features: a linear probe (`patch_probe`) on
                     them names the (colour, shape) owning each 8 x 8 patch, or background
     """
@@ -327,12 +364,14 @@ def evaluate_siglip(pair: SiglipPair, tokenizer, num_scenes: int = 256, seed: in
     prompt_texts = pair.embed_texts(encode_captions(tokenizer, [p.text for p in prompts], length))
     said = (pair.logits(images, prompt_texts) > 0).numpy()  # (N, 240)
     truth = np.array([[passes(p, s.objects) for p in prompts] for s in scenes])
+    near = near_miss_preference(pair, tokenizer, scenes, images, np.random.default_rng(seed + 1))
     tokens = torch.cat([pair.vision(pixel_values=pixels[i:i + 128]).last_hidden_state
                         for i in range(0, num_scenes, 128)])  # (N, grid^2, W)
     probe = patch_probe(tokens, patch_labels(scenes, pair.cfg.vision.patch_size))
     pair.train(was_training)
     return {
         **probe,
+        **near,
         "describe_top1": describe_top1,
         "describe_count": describe_count,
         "prompt_acc": float((said == truth).mean()),
