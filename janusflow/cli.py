@@ -28,7 +28,7 @@ class NoModelError(JanusFlowError):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, no usage block
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {_printable(message)}\n")
 
 
 @dataclass
@@ -272,8 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _printable(text: str) -> str:
+    """``text`` on one line: control and other unprintable characters (echoed arguments may hold any) escaped."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
 def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
+    text = _printable(" ".join(str(error).split())) or type(error).__name__
     return text if len(text) <= 600 else text[:597] + "..."
 
 

@@ -325,7 +325,8 @@ def test_fuzz_cli_arguments(command, rest, model, tmp_path_factory, monkeypatch)
     assert "Traceback" not in err_text and "Traceback" not in out_text
     if code != 0:
         assert err_text.strip(), "a failure must say why"
-        assert len(err_text.strip().splitlines()) <= 3, err_text
+        assert len(err_text.strip().split("\n")) <= 3, err_text
+        assert all(c.isprintable() for c in err_text.strip().replace("\n", "")), err_text
 
 
 # =========================================================================================================

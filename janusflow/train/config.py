@@ -100,6 +100,8 @@ class LoopSettings:
     save_every: int = 100
     keep_last: int = 3
     log_every: int = 1
+    data_workers: int = 0  # processes building the next steps' batches (0: the training process)
+    max_seconds: float = 0.0  # end the run after this much training time (0: no limit)
     resume: bool = True
     progress: bool = True
     tensorboard: bool = False

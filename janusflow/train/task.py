@@ -245,12 +245,28 @@ class JanusFlowTask:
         return chosen
 
     def micro_batches(self, step: int, shard: Shard) -> list[JanusFlowBatch]:
+        return [self.on_device(batch) for batch in self.cpu_micro_batches(step, shard)]
+
+    def cpu_micro_batches(self, step: int, shard: Shard) -> list[JanusFlowBatch]:
+        """The micro-batches before any device work (generation images not yet encoded by the VAE):
+        what data workers build (:mod:`.prefetch`)."""
         slots = self._slots(step)
-        self.next_step = step + 1
+        self.advance(step)
         # FSDP: every process must run the same forward passes, so a part present anywhere in the
         # step is run everywhere (with a placeholder row that adds nothing where it has no sample)
         needed = {task for task, _, _ in slots} if self.pad_parts else set()
         return [self._collate(part, needed) for part in shard.split(slots)]
+
+    def advance(self, step: int) -> None:
+        self.next_step = step + 1
+
+    def on_device(self, batch: JanusFlowBatch) -> JanusFlowBatch:
+        """Encode the generation images into latents with the VAE, on its device (once)."""
+        if batch.gen is not None and batch.gen.latents is None:
+            with torch.no_grad():
+                batch.gen.latents = self.latent_encoder.encode(batch.gen.gen_pixels.to(self.device))
+            batch.gen.gen_pixels = None
+        return batch
 
     def counts(self, batch: JanusFlowBatch) -> dict[str, float]:
         counts = {"samples": 0.0, "tokens": 0.0, "ce_tokens": 0.0, "ce_und_tokens": 0.0, "ce_text_tokens": 0.0,
@@ -334,10 +350,6 @@ class JanusFlowTask:
             batch.text = ce_batch(rows["text"], self.processor.pad_id)
         if rows["gen"]:
             batch.gen = gen_batch(self.processor, rows["gen"])
-            if batch.gen.latents is None:
-                with torch.no_grad():
-                    batch.gen.latents = self.latent_encoder.encode(batch.gen.gen_pixels.to(self.device))
-                batch.gen.gen_pixels = None
         return batch
 
     def _encode(self, task: str, sample, slot, placeholder: bool = False):

@@ -24,6 +24,10 @@ example; ``tests/test_train_trainer.py`` has a 30-line one)::
         def load_state_dict(self, state: dict): ...
         def export(self, directory: Path): ...        # the released artefact (save_pretrained)
         def setup(self, ctx: Dist): ...               # optional: move helpers (a frozen VAE) to ctx.device
+        def on_device(self, batch): ...               # optional: device work on a batch moved there
+                                                      # (micro_batches itself stays on the CPU)
+        def advance(self, step: int): ...             # optional: what micro_batches(step) advances, for
+                                                      # batches built by data workers (see .prefetch)
         def export_state(self, directory, state): ... # optional, FSDP: export from a gathered state dict
 
 The loss contract (what makes accumulation and data parallelism exact): before the forward
@@ -81,6 +85,9 @@ class TrainerConfig:
     save_every: int = 100  # steps between checkpoints (one is always written at the end)
     keep_last: int = 3
     log_every: int = 1
+    data_workers: int = 0  # processes building the next steps' batches (.prefetch); 0: in this process
+    max_seconds: float = 0.0  # end the run (checkpoint and export, as after the last step) after this
+    #                           much time in the loop, whatever the step; 0: no limit
     resume: bool = True  # continue from the newest checkpoint in run_dir/checkpoints if there is one
     progress: bool = True
     tensorboard: bool = False
@@ -92,6 +99,8 @@ class TrainerConfig:
             raise ConfigError("trainer: steps and warmup_steps must be >= 0, grad_accum >= 1, keep_last >= 0")
         if self.save_every < 1 or self.log_every < 1:
             raise ConfigError("trainer: save_every and log_every must be >= 1")
+        if self.data_workers < 0 or self.max_seconds < 0:
+            raise ConfigError("trainer: data_workers and max_seconds must be >= 0")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"trainer.precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.distributed not in ("ddp", "fsdp"):
@@ -263,10 +272,18 @@ class Trainer:
         autocast = self._autocast(ctx.device)
         module.train()
         saved_at = self.step if latest is not None else -1
+        prefetcher = None
+        if cfg.data_workers > 0 and self.step < cfg.steps:
+            from .prefetch import Prefetcher
+
+            prefetcher = Prefetcher(self.task, shard, cfg.data_workers, self.step)
+        started, out_of_time = time.monotonic(), False
         try:
-            while self.step < cfg.steps:
+            while self.step < cfg.steps and not out_of_time:
                 lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
-                logs, counts = self._train_step(wrapped, shard, ctx, autocast, optimizer, scheduler, trainable)
+                micro = prefetcher.get(self.step) if prefetcher else self.task.micro_batches(self.step, shard)
+                logs, counts = self._train_step(micro, wrapped, shard, ctx, autocast, optimizer, scheduler,
+                                                trainable)
                 if ema is not None:
                     ema.update()
                 self.step += 1
@@ -276,7 +293,9 @@ class Trainer:
                 write = self.step % cfg.log_every == 0 or self.step == cfg.steps
                 monitor.step(self.step, lr, logs, counts, self.cumulative, write)
                 stop = self.stop_requested = distributed.any_process(self.stop_requested, ctx)
-                if stop or self.step % cfg.save_every == 0 or self.step == cfg.steps:
+                if cfg.max_seconds:  # the same decision on every process
+                    out_of_time = distributed.any_process(time.monotonic() - started >= cfg.max_seconds, ctx)
+                if stop or out_of_time or self.step % cfg.save_every == 0 or self.step == cfg.steps:
                     self._save(run_dir, module, optimizer, scheduler, ema, ctx)
                     saved_at = self.step
                 if stop:
@@ -284,20 +303,22 @@ class Trainer:
                     break
             if self.step >= cfg.steps and saved_at != self.step:
                 self._save(run_dir, module, optimizer, scheduler, ema, ctx)
-            finished = self.step >= cfg.steps and not self.stop_requested
+            finished = (self.step >= cfg.steps or out_of_time) and not self.stop_requested
             if finished:
                 self._export(run_dir, ema, ctx)
-                monitor.message(f"done: {self.step} steps; model exported to {run_dir / 'export'}")
+                why = f"the time limit ({cfg.max_seconds:g} s)" if self.step < cfg.steps else "done"
+                monitor.message(f"{why}: {self.step} steps; model exported to {run_dir / 'export'}")
         finally:
+            if prefetcher is not None:
+                prefetcher.close()
             for sig, h in previous_handlers.items():
                 signal.signal(sig, h)
             monitor.close()
         distributed.barrier(ctx)
         return {"step": self.step, "stopped": not finished, "checkpoint": self.checkpoint_path,
-                "logs": self.last_logs}
+                "logs": self.last_logs, "out_of_time": out_of_time}
 
-    def _train_step(self, wrapped, shard, ctx, autocast, optimizer, scheduler, trainable):
-        micro = self.task.micro_batches(self.step, shard)
+    def _train_step(self, micro, wrapped, shard, ctx, autocast, optimizer, scheduler, trainable):
         if len(micro) != shard.grad_accum:
             raise RuntimeError(f"micro_batches returned {len(micro)} batches for grad_accum {shard.grad_accum}")
         local: dict[str, float] = {}
@@ -308,6 +329,8 @@ class Trainer:
         logs: dict[str, float] = {}
         for i, batch in enumerate(micro):
             batch = to_device(batch, ctx.device)
+            if hasattr(self.task, "on_device"):
+                batch = self.task.on_device(batch)
             with distributed.no_sync(wrapped, skip=i < len(micro) - 1), autocast:
                 loss, parts = wrapped(batch, totals)
                 # DDP averages gradients over processes; the loss is a share of the global sum

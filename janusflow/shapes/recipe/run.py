@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import shutil
 import sys
@@ -47,6 +48,16 @@ class StageSettings:
     save_every: int = 100
     target: float = 1.0  # the evaluation's key metric to reach (stage stops early when reached)
     min_steps: int = 0  # but not before this step
+    max_seconds: float = 0.0  # training-time budget, summed over sessions (0: the step budget alone)
+
+
+@dataclass
+class Runtime:
+    """Where a stage runs; changes the speed, not the recipe (a run is the same with any number of
+    data workers, and a stage resumes on another device)."""
+
+    device: str = "auto"  # "auto": CUDA when available (bf16 autocast), else the CPU (fp32)
+    data_workers: int = 0  # processes building the next batches (janusflow.train.prefetch)
 
 
 @dataclass
@@ -70,6 +81,16 @@ PRESETS: dict[str, RecipeSettings] = {
         vae=StageSettings(steps=30_000, segment=500, batch_size=32, lr=1e-3, target=0.995, min_steps=2000),
         siglip=StageSettings(steps=20_000, segment=500, batch_size=128, lr=1e-3, target=0.95),
         lm=StageSettings(steps=20_000, segment=500, batch_size=16, lr=1e-3, target=0.99),  # 16 x 128 tokens
+    ),
+    # one GPU (an H100/H200 was measured): bigger batches, a training-time budget per stage rather
+    # than a step budget, one evaluation at the end (--budget STAGE=SECONDS changes a budget)
+    "gpu": RecipeSettings(
+        vae=StageSettings(steps=30_000, segment=2000, batch_size=128, lr=1e-3, target=0.995, min_steps=2000,
+                          save_every=500),
+        siglip=StageSettings(steps=1_000_000, segment=1_000_000, batch_size=512, lr=1e-3, warmup_steps=200,
+                             save_every=1000, target=0.95, max_seconds=180),
+        lm=StageSettings(steps=1_000_000, segment=1_000_000, batch_size=64, lr=1e-3, warmup_steps=200,
+                         save_every=1000, target=0.99, max_seconds=180),
     ),
     # for tests: seconds, not hours
     "tiny": RecipeSettings(
@@ -116,9 +137,10 @@ def train_stage(
     key: str,
     resolved: dict[str, Any],
     tiebreak: str | None = None,
+    runtime: Runtime | None = None,
 ) -> tuple[Path, Metric]:
     """Train `task` in segments until eval[key] >= settings.target (and step >= settings.min_steps)
-    or the budget is spent.
+    or the budget (steps, or training seconds when settings.max_seconds is set) is spent.
     Returns the final export folder and its evaluation."""
     from ...train import Trainer, TrainerConfig
 
@@ -128,17 +150,22 @@ def train_stage(
     while True:
         last = progress["evals"][-1] if progress["evals"] else None
         reached = last is not None and last[key] >= settings.target and last["step"] >= settings.min_steps
-        if last is not None and (reached or last["step"] >= settings.steps):
+        left = settings.max_seconds - progress["train_seconds"] if settings.max_seconds else math.inf
+        if last is not None and (reached or last["step"] >= settings.steps or left <= 0):
             return stage_dir / last.get("weights", "export"), last
         done = last["step"] if last else 0
         goal = min(settings.steps, (done // settings.segment + 1) * settings.segment)
+        runtime = runtime or Runtime()
         config = TrainerConfig(
             run_dir=str(stage_dir), steps=goal, lr=settings.lr, warmup_steps=settings.warmup_steps,
             ema_decay=settings.ema_decay, save_every=settings.save_every, log_every=10, progress=False,
+            device=runtime.device, data_workers=runtime.data_workers,
+            max_seconds=max(left, 1e-9) if math.isfinite(left) else 0.0,
         )
         start = time.perf_counter()
         result = Trainer(task, config, resolved_config={**resolved, "trainer": dataclasses.asdict(config)}).fit()
         progress["train_seconds"] += time.perf_counter() - start
+        goal = result["step"]  # less than asked when the time budget ran out
         if result["stopped"]:
             _write_json(progress_path, progress)
             _log(name, f"stopped at step {result['step']}; rerun the same command to continue")
@@ -163,7 +190,7 @@ def finish(name: str, stage_dir: Path, part_dir: Path, record: dict[str, Any]) -
 # -- stages ---------------------------------------------------------------------------------------
 
 
-def stage_vae(settings: RecipeSettings, run_dir: Path, parts_dir: Path) -> None:
+def stage_vae(settings: RecipeSettings, run_dir: Path, parts_dir: Path, runtime: Runtime | None = None) -> None:
     from diffusers import AutoencoderKL
 
     from .vae import TINY_VAE, VAEConfig, VAETask, evaluate_vae
@@ -178,7 +205,8 @@ def stage_vae(settings: RecipeSettings, run_dir: Path, parts_dir: Path) -> None:
         return {**evaluate_vae(vae, settings.eval_scenes), "scaling_factor": vae.config.scaling_factor}
 
     resolved = {"stage": "vae", "vae": dataclasses.asdict(cfg), "settings": dataclasses.asdict(s)}
-    export, last = train_stage("vae", task, s, stage_dir, evaluate, "read_exact", resolved, tiebreak="psnr")
+    export, last = train_stage("vae", task, s, stage_dir, evaluate, "read_exact", resolved, tiebreak="psnr",
+                               runtime=runtime)
     # ship fp16 weights; evaluate exactly what ships (loaded back in fp32) on more fresh scenes
     shutil.rmtree(part_dir, ignore_errors=True)
     AutoencoderKL.from_pretrained(export, torch_dtype=torch.float16).save_pretrained(part_dir)
@@ -191,7 +219,7 @@ def stage_vae(settings: RecipeSettings, run_dir: Path, parts_dir: Path) -> None:
                                         "parameters": sum(p.numel() for p in shipped.parameters())})
 
 
-def stage_tokenizer(settings: RecipeSettings, run_dir: Path, parts_dir: Path) -> None:
+def stage_tokenizer(settings: RecipeSettings, run_dir: Path, parts_dir: Path, runtime: Runtime | None = None) -> None:
     from ...tokenizer_build import build_tokenizer
     from .corpus import tokenizer_corpus
 
@@ -212,7 +240,7 @@ def _tokenizer(parts_dir: Path):
     return AutoTokenizer.from_pretrained(path)
 
 
-def stage_siglip(settings: RecipeSettings, run_dir: Path, parts_dir: Path) -> None:
+def stage_siglip(settings: RecipeSettings, run_dir: Path, parts_dir: Path, runtime: Runtime | None = None) -> None:
     from transformers import SiglipVisionModel
 
     from .siglip import SiglipConfig, SiglipTask, evaluate_siglip, tiny_siglip
@@ -238,14 +266,14 @@ def stage_siglip(settings: RecipeSettings, run_dir: Path, parts_dir: Path) -> No
 
     resolved = {"stage": "siglip", "siglip": dataclasses.asdict(cfg), "settings": dataclasses.asdict(s)}
     export, last = train_stage("siglip", task, s, stage_dir, evaluate, "describe_top1", resolved,
-                               tiebreak="prompt_bal_acc")
+                               tiebreak="prompt_bal_acc", runtime=runtime)
     shutil.rmtree(part_dir, ignore_errors=True)
     SiglipVisionModel.from_pretrained(export / "und_encoder").to(torch.float16).save_pretrained(part_dir)
     finish("siglip", stage_dir, part_dir, {"train": last, "vision": dataclasses.asdict(cfg.vision),
                                            "parameters": sum(p.numel() for p in task.module.vision.parameters())})
 
 
-def stage_lm(settings: RecipeSettings, run_dir: Path, parts_dir: Path) -> None:
+def stage_lm(settings: RecipeSettings, run_dir: Path, parts_dir: Path, runtime: Runtime | None = None) -> None:
     from transformers import LlamaForCausalLM
 
     from .lm import LMTask, default_language, evaluate_lm, tiny_language
@@ -260,14 +288,14 @@ def stage_lm(settings: RecipeSettings, run_dir: Path, parts_dir: Path) -> None:
         return evaluate_lm(LlamaForCausalLM.from_pretrained(export), tokenizer, settings.eval_scenes)
 
     resolved = {"stage": "lm", "language": dataclasses.asdict(cfg), "settings": dataclasses.asdict(s)}
-    export, last = train_stage("lm", task, s, stage_dir, evaluate, "qa_acc", resolved)
+    export, last = train_stage("lm", task, s, stage_dir, evaluate, "qa_acc", resolved, runtime=runtime)
     shutil.rmtree(part_dir, ignore_errors=True)
     LlamaForCausalLM.from_pretrained(export).to(torch.float16).save_pretrained(part_dir)
     finish("lm", stage_dir, part_dir, {"train": last, "language": dataclasses.asdict(cfg),
                                        "parameters": sum(p.numel() for p in task.module.parameters())})
 
 
-STAGES: dict[str, Callable[[RecipeSettings, Path, Path], None]] = {
+STAGES: dict[str, Callable[..., None]] = {  # (settings, run_dir, parts_dir, runtime=None)
     "vae": stage_vae,
     "tokenizer": stage_tokenizer,
     "siglip": stage_siglip,
@@ -275,15 +303,40 @@ STAGES: dict[str, Callable[[RecipeSettings, Path, Path], None]] = {
 }
 
 
-def _part4(name: str) -> Callable[[RecipeSettings, Path, Path], None]:
-    def stage(settings: RecipeSettings, run_dir: Path, parts_dir: Path) -> None:
+def _part4(name: str) -> Callable[..., None]:
+    def stage(settings: RecipeSettings, run_dir: Path, parts_dir: Path, runtime: Runtime | None = None) -> None:
         from .unified import STAGES as PART4
 
-        PART4[name](settings, run_dir, parts_dir)
+        PART4[name](settings, run_dir, parts_dir, runtime)
     return stage
 
 
 STAGES.update({name: _part4(name) for name in ("adapt", "unified", "sft")})  # part 4: recipe/unified.py
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
+    parser.add_argument("--data-workers", type=int, default=0, metavar="N",
+                        help="processes building the next batches while one trains (a GPU needs several)")
+    parser.add_argument("--budget", action="append", default=[], metavar="STAGE=SECONDS",
+                        help="a training-time budget for a stage, summed over sessions (e.g. siglip=600); "
+                             "the stage ends at its step budget or this, whichever comes first")
+
+
+def with_budgets(settings, budgets: list[str], parser: argparse.ArgumentParser):
+    """``settings`` (a dataclass of per-stage settings) with ``STAGE=SECONDS`` training-time budgets."""
+    for item in budgets:
+        stage, _, seconds = item.partition("=")
+        try:
+            value = float(seconds)
+        except ValueError:
+            value = -1.0
+        if not hasattr(settings, stage) or not hasattr(getattr(settings, stage), "max_seconds") \
+                or not math.isfinite(value) or value <= 0:
+            parser.error(f"--budget {item!r}: expected STAGE=SECONDS (> 0) with STAGE a stage of this preset")
+        settings = dataclasses.replace(settings, **{stage: dataclasses.replace(getattr(settings, stage),
+                                                                               max_seconds=value)})
+    return settings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -293,13 +346,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, from {list(STAGES)}")
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    add_runtime_arguments(parser)
     parser.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority by N (background runs)")
     args = parser.parse_args(argv)
     if args.nice:
         os.nice(args.nice)
 
     torch.set_num_threads(args.threads)
-    settings = PRESETS[args.preset]
+    settings = with_budgets(PRESETS[args.preset], args.budget, parser)
+    runtime = Runtime(args.device, args.data_workers)
     run_dir, parts_dir = Path(args.run_dir), Path(args.parts_dir)
     stages = [s for s in args.stages.split(",") if s]
     unknown = [s for s in stages if s not in STAGES]
@@ -310,7 +365,7 @@ def main(argv: list[str] | None = None) -> None:
             _log(name, f"already done ({run_dir / name / 'DONE.json'}); skipped")
             continue
         _log(name, "starting")
-        STAGES[name](settings, run_dir, parts_dir)
+        STAGES[name](settings, run_dir, parts_dir, runtime)
 
 
 if __name__ == "__main__":

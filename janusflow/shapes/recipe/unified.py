@@ -82,6 +82,7 @@ class StagePlan:
     warmup_steps: int = 50
     ema_decay: float = 0.998
     save_every: int = 50
+    max_seconds: float = 0.0  # training-time budget (0: the step budget alone)
 
 
 @dataclass
@@ -102,6 +103,7 @@ class UnifiedSettings:
     final_prompts: int = 50  # evaluation of the assembled (fp16) model
     final_images: int = 4
     final_questions: int = 1000
+    final_eval: bool = True  # False: assemble only (evaluate later: python -m janusflow.shapes.recipe.assemble)
 
 
 PRESETS: dict[str, UnifiedSettings] = {
@@ -116,6 +118,17 @@ PRESETS: dict[str, UnifiedSettings] = {
         adapt=StagePlan(steps=500, segment=250, batch_size=32, lr=1e-3, warmup_steps=50),
         unified=StagePlan(steps=3000, segment=750, batch_size=32, lr=5e-4, warmup_steps=100),
         sft=StagePlan(steps=1000, segment=500, batch_size=32, lr=1e-4, warmup_steps=50),
+    ),
+    # one GPU (an H200 was measured): batches of 256, training-time budgets, fewer fast-evaluation
+    # images; the assembled model is evaluated afterwards (on the CPU it ships for)
+    "gpu": UnifiedSettings(
+        adapt=StagePlan(steps=1_000_000, segment=1_000_000, batch_size=256, lr=1e-3, warmup_steps=100,
+                        save_every=500, max_seconds=45),
+        unified=StagePlan(steps=1_000_000, segment=1_000_000, batch_size=256, lr=1e-3, warmup_steps=200,
+                          save_every=500, max_seconds=200),
+        sft=StagePlan(steps=1_000_000, segment=1_000_000, batch_size=256, lr=2e-4, warmup_steps=100,
+                      save_every=500, max_seconds=60),
+        eval_prompts=4, eval_images=2, eval_questions=100, final_eval=False,
     ),
     "tiny": UnifiedSettings(
         adapt=StagePlan(steps=2, segment=1, batch_size=4, lr=1e-3, warmup_steps=1, save_every=1),
@@ -345,7 +358,7 @@ def stage_start(stage: str, run_dir: Path, parts_dir: Path, settings: UnifiedSet
     return previous / _read_json(done)["train"].get("weights", "export")
 
 
-def run_stage(stage: str, recipe_settings, run_dir: Path, parts_dir: Path, seed: int = 4) -> None:
+def run_stage(stage: str, recipe_settings, run_dir: Path, parts_dir: Path, seed: int = 4, runtime=None) -> None:
     from ...train.task import JanusFlowTask
     from . import run
 
@@ -359,30 +372,31 @@ def run_stage(stage: str, recipe_settings, run_dir: Path, parts_dir: Path, seed:
         run._log(stage, "REPA projector carried over from the previous stage")
     loop = run.StageSettings(steps=plan.steps, segment=plan.segment, batch_size=plan.batch_size, lr=plan.lr,
                              warmup_steps=plan.warmup_steps, ema_decay=plan.ema_decay, save_every=plan.save_every,
-                             target=1.0)
+                             target=1.0, max_seconds=plan.max_seconds)
     resolved = {"stage": stage, "start": str(start), "train": config.to_dict(), "settings": dataclasses.asdict(settings)}
-    export, last = run.train_stage(stage, task, loop, stage_dir, lambda e: quick_eval(e, settings), "score", resolved)
+    export, last = run.train_stage(stage, task, loop, stage_dir, lambda e: quick_eval(e, settings), "score", resolved,
+                                   runtime=runtime)
     record: dict[str, Any] = {"train": last, "start": str(start)}
     if stage == STAGE_ORDER[-1]:
         from .assemble import assemble
 
         target = parts_dir.parent
         start_time = time.perf_counter()
-        record["assembled"] = assemble(export, target, evaluate=True, settings=settings)
+        record["assembled"] = assemble(export, target, evaluate=settings.final_eval, settings=settings)
         record["assemble_seconds"] = round(time.perf_counter() - start_time, 1)
     run.finish(stage, stage_dir, export, record)
 
 
-def stage_adapt(recipe_settings, run_dir: Path, parts_dir: Path) -> None:
-    run_stage("adapt", recipe_settings, run_dir, parts_dir)
+def stage_adapt(recipe_settings, run_dir: Path, parts_dir: Path, runtime=None) -> None:
+    run_stage("adapt", recipe_settings, run_dir, parts_dir, runtime=runtime)
 
 
-def stage_unified(recipe_settings, run_dir: Path, parts_dir: Path) -> None:
-    run_stage("unified", recipe_settings, run_dir, parts_dir)
+def stage_unified(recipe_settings, run_dir: Path, parts_dir: Path, runtime=None) -> None:
+    run_stage("unified", recipe_settings, run_dir, parts_dir, runtime=runtime)
 
 
-def stage_sft(recipe_settings, run_dir: Path, parts_dir: Path) -> None:
-    run_stage("sft", recipe_settings, run_dir, parts_dir)
+def stage_sft(recipe_settings, run_dir: Path, parts_dir: Path, runtime=None) -> None:
+    run_stage("sft", recipe_settings, run_dir, parts_dir, runtime=runtime)
 
 
 STAGES = {"adapt": stage_adapt, "unified": stage_unified, "sft": stage_sft}
@@ -424,7 +438,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
     import os
 
-    from .run import PARTS_DIR, _log
+    from .run import PARTS_DIR, Runtime, _log, add_runtime_arguments, with_budgets
 
     parser = argparse.ArgumentParser(description="part 4 on its own, with a preset of its own (run.py runs "
                                      "the default preset after parts 1-3)")
@@ -439,6 +453,7 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--steps", action="append", default=[], metavar="STAGE=N",
                        help="override a stage's step budget, e.g. unified=6000 (to extend a finished stage, "
                             "delete its DONE.json and the later stages' folders first)")
+    add_runtime_arguments(train)
     snap = sub.add_parser("snapshot-parts", help=snapshot_parts.__doc__.split(".")[0])
     snap.add_argument("--recipe-dir", default="runs/recipe")
     snap.add_argument("--parts-dir", default=str(PARTS_DIR))
@@ -458,6 +473,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--steps {item!r}: expected STAGE=N with STAGE one of {list(STAGE_ORDER)}")
         settings = dataclasses.replace(settings, **{stage: dataclasses.replace(getattr(settings, stage),
                                                                                steps=int(steps))})
+    settings = with_budgets(settings, args.budget, parser)
+    runtime = Runtime(args.device, args.data_workers)
     for stage in [s for s in args.stages.split(",") if s]:
         if stage not in STAGE_ORDER:
             parser.error(f"unknown stage {stage!r}; stages are {list(STAGE_ORDER)}")
@@ -465,7 +482,7 @@ def main(argv: list[str] | None = None) -> None:
             _log(stage, f"already done ({run_dir / stage / 'DONE.json'}); skipped")
             continue
         _log(stage, f"starting (preset {args.preset})")
-        run_stage(stage, settings, run_dir, parts_dir)
+        run_stage(stage, settings, run_dir, parts_dir, runtime=runtime)
 
 
 if __name__ == "__main__":
