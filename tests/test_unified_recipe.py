@@ -179,6 +179,10 @@ def test_eval_shapes_command_end_to_end(tmp_path, capsys):
     assert results["settings"]["seed"] == 3 and results["settings"]["guidance_scale"] == 2.0
     assert len((out / "llava" / "answers.jsonl").read_text().splitlines()) == 4
     assert (out / "geneval" / "images" / "00005" / "samples" / "0001.png").is_file()
+    from PIL import Image
+
+    with Image.open(out / "grid.png") as grid:  # a row per category
+        assert grid.height == 6 * (2 * 64 + 12 + 40)
     # the layouts are the public commands' own: `janusflow generate --geneval-metadata` reads the metadata
     meta = [json.loads(line) for line in (out / "geneval" / "metadata.jsonl").read_text().splitlines()]
     assert [m["tag"] for m in meta] == ["single_object", "two_object", "counting", "colors", "position", "color_attr"]

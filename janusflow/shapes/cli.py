@@ -73,6 +73,7 @@ def evaluate_shapes(model: str | os.PathLike, out: str | os.PathLike, prompts_pe
     from ..understanding import DecodingConfig, JanusFlowChat, answer_llava_questions
     from .evaluate import geneval_metadata, llava_questions, read_jsonl, score_geneval_folder, score_llava_answers
     from .evaluate import write_jsonl
+    from .grid import sample_grid
 
     for name, value in (("prompts per category", prompts_per_category), ("images per prompt", images_per_prompt),
                         ("questions", questions), ("batch size", batch_size)):
@@ -95,6 +96,8 @@ def evaluate_shapes(model: str | os.PathLike, out: str | os.PathLike, prompts_pe
         generate_geneval(pipe, gen_dir / "metadata.jsonl", gen_dir / "images", images_per_prompt, seed,
                          show_progress=show_progress, **sampler)
     generation = score_geneval_folder(gen_dir / "images")
+    out.mkdir(parents=True, exist_ok=True)
+    sample_grid(gen_dir / "images").save(out / "grid.png")  # the first image of 6 prompts a category
 
     # understanding, in the LLaVA layout
     und_dir = out / "llava"
