@@ -95,3 +95,13 @@ def machine() -> str:
     load = os.getloadavg()
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads, load average {load[0]:.1f}")
+
+
+def parse_args(parser, threads_default=None):
+    """``parser``'s arguments plus ``--threads``, applied (torch threads) before the benchmark runs."""
+    parser.add_argument("--threads", type=int, default=threads_default,
+                        help="torch threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from _common import machine, prompt_rows, random_model, timed
+from _common import machine, parse_args, prompt_rows, random_model, timed
 from janusflow.sampler import SamplerConfig, VelocityField, initial_noise, integrate, with_guidance
 
 
@@ -60,10 +60,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--run-steps", type=int, default=30, help="n for the whole-run ratio")
     parser.add_argument("--cfg", type=float, default=2.0)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_args(parser)
     torch.manual_seed(0)
     model = random_model(args.preset)
     n = args.run_steps

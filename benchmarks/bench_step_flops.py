@@ -23,7 +23,7 @@ import statistics
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from _common import machine, matmul_peak, prompt_rows, random_model, timed
+from _common import machine, matmul_peak, parse_args, prompt_rows, random_model, timed
 from janusflow.sampler import SamplerConfig, VelocityField, initial_noise, integrate, with_guidance
 
 
@@ -46,10 +46,7 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--cfg", type=float, default=2.0)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_args(parser)
     torch.manual_seed(0)
     model = random_model(args.preset)
     config = model.config

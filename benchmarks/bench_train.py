@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from _common import machine
+from _common import machine, parse_args
 from janusflow.train import Shard, Trainer
 from janusflow.train.config import load_config
 from janusflow.train.task import JanusFlowTask
@@ -55,10 +55,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repa-layer", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_args(parser)
 
     peaks = [matmul_peak()]
     with tempfile.TemporaryDirectory() as tmp:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from _common import BOS, PAD, machine, peak_rss_gib, prompt_rows, random_model, run_child
+from _common import BOS, PAD, machine, parse_args, peak_rss_gib, prompt_rows, random_model, run_child
 
 HERE = Path(__file__).resolve()
 BOI, IMAGE, EOI = 3, 4, 5  # synthetic special ids
@@ -117,11 +117,8 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=32, help="generation prompt length")
     parser.add_argument("--gen-steps", type=int, default=1)
     parser.add_argument("--tasks", nargs="+", default=["load", "understanding", "generation"])
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (default 0: torch's choice)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_args(parser, threads_default=0)
     if args.child:
         print(json.dumps(child(args.child, args)))
         return
