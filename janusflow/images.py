@@ -41,6 +41,7 @@ def load_image(image: ImageInput) -> Image.Image:
     * RGBA, LA, PA, RGBa, La and images with a transparency key (P, L, RGB with `info["transparency"]`):
       alpha-composited onto white, then RGB;
     * every other mode (L, 1, P, CMYK, YCbCr, RGBX, HSV, LAB, ...): `Image.convert("RGB")`.
+    The result carries no EXIF (its orientation is applied), so loading it again changes nothing.
 
     Raises `InputError` naming the file for a missing, unreadable, corrupt or truncated file, for an
     image over `PIL.Image.MAX_IMAGE_PIXELS` pixels (decompression bomb guard; None disables it), and for a
@@ -50,7 +51,7 @@ def load_image(image: ImageInput) -> Image.Image:
         name = f"<PIL image {image.mode} {image.width}x{image.height}>"
         if getattr(image, "n_frames", 1) > 1:
             image.seek(0)
-        return _to_rgb(_upright(image, name), name)
+        return _without_exif(_to_rgb(_upright(image, name), name), image)
     if isinstance(image, (bytes, bytearray, memoryview)):
         name = f"<{len(image)} bytes of image data>"
         source: Any = io.BytesIO(bytes(image))
@@ -75,7 +76,17 @@ def load_image(image: ImageInput) -> Image.Image:
         raise
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as err:
         raise InputError(f"cannot read image {name}: the file is corrupt, truncated or not an image ({err})") from err
-    return _to_rgb(decoded, name)
+    return _without_exif(_to_rgb(decoded, name))
+
+
+def _without_exif(image: Image.Image, original: Image.Image | None = None) -> Image.Image:
+    """The result is upright: drop its EXIF so that loading it again (a PIL image passed on) cannot apply
+    the orientation twice or trip over EXIF bytes already dealt with. The caller's image is not changed."""
+    if "exif" in image.info:
+        if image is original:
+            image = image.copy()
+        del image.info["exif"]
+    return image
 
 
 def _upright(image: Image.Image, name: str) -> Image.Image:
