@@ -9,7 +9,8 @@ What goes into the LLM, as the official `VLChatProcessor` (deepseek-ai/Janus, ja
   `images_seq_mask = (ids == image) | (ids == boi)` and N + 1 True values per image in `images_emb_mask`.
 * Generation: "User: {prompt}\\n\\nAssistant:" (empty system prompt) + `<｜begin▁of▁generation｜>`, BOS first.
   The sampler drops the embedding of that last tag and puts the time embedding in its slot.
-* Classifier-free guidance: `make_uncond` is the single place that builds the unconditional rows.
+* Classifier-free guidance: `make_uncond` (:mod:`janusflow.prompt_rows`) is the single place that builds the
+  unconditional rows.
 
 Batches are LEFT padded with the pad id and attention mask 0, so every prompt ends in the last column.
 """
@@ -31,6 +32,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from .errors import InputError
 from .images import DEFAULT_MIN_SIZE, ImageInput, load_image, preprocess_image  # noqa: F401  (re-exported)
+from .prompt_rows import left_pad, make_uncond, position_ids_from_left_padding  # noqa: F401  (re-exported)
 from .tokenizer_build import BOI_TOKEN, BOS_TOKEN, EOI_TOKEN, EOS_TOKEN, GEN_TOKEN, IMAGE_TOKEN, PAD_TOKEN
 
 Message = dict[str, Any]  # {"role": "User" | "Assistant", "content": str, "images": [ImageInput, ...]}
@@ -48,67 +50,6 @@ DEFAULT_SYSTEM_PROMPT = (
 ROLES = ("User", "Assistant")
 SEP = "\n\n"
 SEP2 = EOS_TOKEN
-
-# ----------------------------------------------------------------------------------------------------------
-# Classifier-free guidance rows
-
-
-def make_uncond(
-    tokens: torch.Tensor, attention_mask: torch.Tensor, pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unconditional (CFG) rows for generation prompts; the sampler and the training prompt dropout both call this.
-
-    Official convention (JanusFlow README loop): a prompt row has L ids, BOS first and the generation tag
-    last; the sampler drops the tag's embedding and puts the time embedding at position L-1. The
-    unconditional row keeps BOS, sets ids 1..L-1 to pad, and masks key positions 1..L-2:
-
-        tokens          [BOS, t1, ..., t_{L-2}, GEN]  ->  [BOS, pad, ..., pad, pad]
-        attention_mask  [1,   1,  ...,  1,      1  ]  ->  [1,   0,   ...,  0,   1 ]
-
-    so the row sees only BOS, the time embedding (position L-1, mask 1) and the image tokens.
-
-    Left-padded batches (rows of different lengths): the row's BOS is its first attended column b; columns
-    before b stay as they are (pad, mask 0), b keeps BOS and mask 1, columns b+1..L-1 become pad, their mask
-    is 0 except the last column (mask 1). Applying it twice gives the same rows.
-
-    Position ids must count from the row's BOS, not from the mask's cumulative sum: the masked columns
-    inside an unconditional row still occupy positions (the official rows use positions 0..S-1), see
-    `position_ids_from_left_padding`.
-
-    Args:
-        tokens: (B, L) prompt ids, left padded, each row ending with the generation tag.
-        attention_mask: (B, L) key mask, 1 = attend, 0 = left padding.
-        pad_id: id written into the dropped positions.
-
-    Returns:
-        (uncond_tokens, uncond_mask), same shapes and dtypes as the inputs.
-    """
-    if tokens.ndim != 2 or tokens.shape != attention_mask.shape:
-        raise ValueError(f"tokens and attention_mask must both be (B, L), got {tuple(tokens.shape)} "
-                         f"and {tuple(attention_mask.shape)}")
-    length = tokens.shape[1]
-    attended = attention_mask != 0
-    if length == 0 or not bool(attended[:, -1].all()):
-        raise ValueError("make_uncond expects left-padded rows: the last column must be attended in every row")
-    bos_index = attended.to(torch.int64).argmax(dim=1)  # (B,) first attended column
-    columns = torch.arange(length, device=tokens.device)[None, :]  # (1, L)
-    after_bos = columns > bos_index[:, None]  # (B, L)
-    uncond_tokens = tokens.masked_fill(after_bos, pad_id)
-    uncond_mask = attention_mask.masked_fill(after_bos & (columns < length - 1), 0)
-    return uncond_tokens, uncond_mask
-
-
-def position_ids_from_left_padding(attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, S) position ids that count from each row's first attended column (its BOS): 0, 1, 2, ...
-
-    Padding columns before BOS get 0 (they are masked). Zeros inside a row (unconditional rows from
-    `make_uncond`) do not shift later positions, matching the official rows' positions 0..S-1.
-    """
-    attended = attention_mask != 0
-    bos_index = attended.to(torch.int64).argmax(dim=1, keepdim=True)  # (B, 1)
-    columns = torch.arange(attention_mask.shape[1], device=attention_mask.device)[None, :]
-    return (columns - bos_index).clamp(min=0)
-
 
 # ----------------------------------------------------------------------------------------------------------
 # Batches
@@ -176,18 +117,6 @@ def _image_list(images: Any, where: str) -> list[ImageInput]:
             not isinstance(images, Sequence):
         raise InputError(f"{where} must be a list of images, got {type(images).__name__}")
     return list(images)
-
-
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token id lists -> (ids, mask), both (B, max length) int64, padding on the left."""
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.int64)
-    mask = torch.zeros((len(rows), width), dtype=torch.int64)
-    for i, row in enumerate(rows):
-        if len(row):
-            ids[i, width - len(row):] = torch.as_tensor(row, dtype=torch.int64)
-            mask[i, width - len(row):] = 1
-    return ids, mask
 
 
 # ----------------------------------------------------------------------------------------------------------
