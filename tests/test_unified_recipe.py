@@ -203,3 +203,22 @@ def test_entry_point_snapshot_parts_and_a_step_override(tiny_parts, tmp_path, ca
     assert [e["step"] for e in evals] == [1]
     unified.main(args)
     assert "already done" in capsys.readouterr().out
+
+
+def test_start_continues_a_model_folder_and_a_budget_in_seconds(tiny_parts, tmp_path, capsys):
+    """`unified train --start DIR` trains the first listed stage from DIR (a shipped model, say);
+    `--budget STAGE=SECONDS` ends the stage at that much training time."""
+    parts = tmp_path / "model" / "parts"
+    unified.main(["snapshot-parts", "--recipe-dir", str(tmp_path / "nothing"), "--parts-dir", str(tiny_parts),
+                  "--out", str(parts)])
+    base = ["train", "--preset", "tiny", "--parts-dir", str(parts)]
+    unified.main(base + ["--stages", "adapt", "--run-dir", str(tmp_path / "first")])
+    exported = tmp_path / "first" / "adapt" / "export"
+    unified.main(base + ["--stages", "unified", "--run-dir", str(tmp_path / "again"), "--start", str(exported),
+                         "--steps", "unified=50", "--budget", "unified=1e-6"])
+    done = json.loads((tmp_path / "again" / "unified" / "DONE.json").read_text())
+    assert done["start"] == str(exported) and done["train"]["step"] == 1  # stopped by the time budget
+    with pytest.raises(SystemExit):
+        unified.main(base + ["--stages", "unified", "--start", str(tmp_path / "nothing")])
+    with pytest.raises(SystemExit):
+        unified.main(base + ["--stages", "unified", "--budget", "unified=-1"])

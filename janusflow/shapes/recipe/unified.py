@@ -358,14 +358,17 @@ def stage_start(stage: str, run_dir: Path, parts_dir: Path, settings: UnifiedSet
     return previous / _read_json(done)["train"].get("weights", "export")
 
 
-def run_stage(stage: str, recipe_settings, run_dir: Path, parts_dir: Path, seed: int = 4, runtime=None) -> None:
+def run_stage(stage: str, recipe_settings, run_dir: Path, parts_dir: Path, seed: int = 4, runtime=None,
+              start: Path | None = None) -> None:
+    """Train one stage (resumable) and record it in RUN_DIR/STAGE/DONE.json; ``start`` replaces the model
+    folder it starts from (default: :func:`stage_start`), e.g. to continue training a shipped model."""
     from ...train.task import JanusFlowTask
     from . import run
 
     settings = _settings_for(recipe_settings)
     plan: StagePlan = getattr(settings, stage)
     stage_dir = run_dir / stage
-    start = stage_start(stage, run_dir, parts_dir, settings)
+    start = start if start is not None else stage_start(stage, run_dir, parts_dir, settings)
     config = train_config(stage, plan, settings, start, stage_dir, seed)
     task = JanusFlowTask(config, sources=shapes_sources(seed, settings))
     if STAGE_ORDER.index(stage) > 0 and carry_repa_head(task, run_dir / STAGE_ORDER[STAGE_ORDER.index(stage) - 1]):
@@ -453,6 +456,9 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--steps", action="append", default=[], metavar="STAGE=N",
                        help="override a stage's step budget, e.g. unified=6000 (to extend a finished stage, "
                             "delete its DONE.json and the later stages' folders first)")
+    train.add_argument("--start", default=None, metavar="DIR",
+                       help="a model folder (ours, with vae/) the first stage of --stages starts from, instead of "
+                            "the previous stage's export, e.g. --stages unified,sft --start janusflow/default_model")
     add_runtime_arguments(train)
     snap = sub.add_parser("snapshot-parts", help=snapshot_parts.__doc__.split(".")[0])
     snap.add_argument("--recipe-dir", default="runs/recipe")
@@ -475,14 +481,19 @@ def main(argv: list[str] | None = None) -> None:
                                                                                steps=int(steps))})
     settings = with_budgets(settings, args.budget, parser)
     runtime = Runtime(args.device, args.data_workers)
-    for stage in [s for s in args.stages.split(",") if s]:
+    stages = [s for s in args.stages.split(",") if s]
+    for stage in stages:
         if stage not in STAGE_ORDER:
             parser.error(f"unknown stage {stage!r}; stages are {list(STAGE_ORDER)}")
+    start = Path(args.start) if args.start else None
+    if start is not None and not (start / "config.json").is_file():
+        parser.error(f"--start {args.start}: not a model folder (no config.json)")
+    for i, stage in enumerate(stages):
         if (run_dir / stage / "DONE.json").is_file():
             _log(stage, f"already done ({run_dir / stage / 'DONE.json'}); skipped")
             continue
         _log(stage, f"starting (preset {args.preset})")
-        run_stage(stage, settings, run_dir, parts_dir, runtime=runtime)
+        run_stage(stage, settings, run_dir, parts_dir, runtime=runtime, start=start if i == 0 else None)
 
 
 if __name__ == "__main__":
