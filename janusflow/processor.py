@@ -462,5 +462,14 @@ class JanusFlowProcessor:
         if missing:
             raise ValueError(f"{directory}: no {' or '.join(missing)} in {PROCESSOR_CONFIG_NAME}; pass them as "
                              f"keyword arguments")
-        tokenizer = AutoTokenizer.from_pretrained(os.fspath(path), local_files_only=True, trust_remote_code=False)
+        from transformers.utils import logging as hf_logging
+
+        # AutoTokenizer also reads config.json, whose model_type ("janusflow") transformers does not know:
+        # it warns that the config "may not be supported", which concerns models, not this tokenizer
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(os.fspath(path), local_files_only=True, trust_remote_code=False)
+        finally:
+            hf_logging.set_verbosity(verbosity)
         return cls(tokenizer, **kwargs)
