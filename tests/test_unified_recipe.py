@@ -222,3 +222,11 @@ def test_start_continues_a_model_folder_and_a_budget_in_seconds(tiny_parts, tmp_
         unified.main(base + ["--stages", "unified", "--start", str(tmp_path / "nothing")])
     with pytest.raises(SystemExit):
         unified.main(base + ["--stages", "unified", "--budget", "unified=-1"])
+    for bad in ("unified.batch_size=-2", "unified.colour=3", "nothing.lr=1", "unified.lr=abc"):
+        with pytest.raises(SystemExit):
+            unified.main(base + ["--stages", "unified", "--set", bad])
+    # a stage's setting changed from the command line: a batch of 3 instead of the preset's 4
+    unified.main(base + ["--stages", "unified", "--run-dir", str(tmp_path / "batch"), "--start", str(exported),
+                         "--set", "unified.batch_size=3", "--set", "unified.steps=1"])
+    config = (tmp_path / "batch" / "unified" / "config.yaml").read_text()
+    assert "batch_size: 3" in config

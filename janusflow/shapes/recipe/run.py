@@ -321,6 +321,8 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", action="append", default=[], metavar="STAGE=SECONDS",
                         help="a training-time budget for a stage, summed over sessions (e.g. siglip=600); "
                              "the stage ends at its step budget or this, whichever comes first")
+    parser.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE", dest="overrides",
+                        help="change one setting of a stage's preset, e.g. unified.batch_size=512 or unified.lr=5e-4")
 
 
 def with_budgets(settings, budgets: list[str], parser: argparse.ArgumentParser):
@@ -339,6 +341,27 @@ def with_budgets(settings, budgets: list[str], parser: argparse.ArgumentParser):
     return settings
 
 
+def with_overrides(settings, items: list[str], parser: argparse.ArgumentParser):
+    """``settings`` with ``STAGE.FIELD=VALUE`` changes of its per-stage settings (numbers only)."""
+    for item in items:
+        key, _, text = item.partition("=")
+        stage, _, name = key.partition(".")
+        plan = getattr(settings, stage, None)
+        known = {f.name for f in dataclasses.fields(plan)} if dataclasses.is_dataclass(plan) else set()
+        if name not in known:
+            parser.error(f"--set {item!r}: expected STAGE.FIELD=VALUE with FIELD one of {sorted(known) or '...'} "
+                         f"of a stage of this preset")
+        kind = type(getattr(plan, name))
+        try:
+            value = kind(float(text)) if kind is int and float(text).is_integer() else kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value < 0:
+            parser.error(f"--set {item!r}: {name} takes a number >= 0 ({kind.__name__})")
+        settings = dataclasses.replace(settings, **{stage: dataclasses.replace(plan, **{name: value})})
+    return settings
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", default="runs/recipe", help="checkpoints, logs, evaluations")
@@ -353,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
         os.nice(args.nice)
 
     torch.set_num_threads(args.threads)
-    settings = with_budgets(PRESETS[args.preset], args.budget, parser)
+    settings = with_overrides(with_budgets(PRESETS[args.preset], args.budget, parser), args.overrides, parser)
     runtime = Runtime(args.device, args.data_workers)
     run_dir, parts_dir = Path(args.run_dir), Path(args.parts_dir)
     stages = [s for s in args.stages.split(",") if s]

@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
     import os
 
-    from .run import PARTS_DIR, Runtime, _log, add_runtime_arguments, with_budgets
+    from .run import PARTS_DIR, Runtime, _log, add_runtime_arguments, with_budgets, with_overrides
 
     parser = argparse.ArgumentParser(description="part 4 on its own, with a preset of its own (run.py runs "
                                      "the default preset after parts 1-3)")
@@ -479,7 +479,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--steps {item!r}: expected STAGE=N with STAGE one of {list(STAGE_ORDER)}")
         settings = dataclasses.replace(settings, **{stage: dataclasses.replace(getattr(settings, stage),
                                                                                steps=int(steps))})
-    settings = with_budgets(settings, args.budget, parser)
+    settings = with_overrides(with_budgets(settings, args.budget, parser), args.overrides, parser)
     runtime = Runtime(args.device, args.data_workers)
     stages = [s for s in args.stages.split(",") if s]
     for stage in stages:
