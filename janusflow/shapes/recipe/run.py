@@ -144,6 +144,7 @@ def train_stage(
     Returns the final export folder and its evaluation."""
     from ...train import Trainer, TrainerConfig
 
+    runtime = runtime or Runtime()
     stage_dir.mkdir(parents=True, exist_ok=True)
     progress_path = stage_dir / "progress.json"
     progress = _read_json(progress_path) if progress_path.is_file() else {"train_seconds": 0.0, "evals": []}
@@ -155,7 +156,6 @@ def train_stage(
             return stage_dir / last.get("weights", "export"), last
         done = last["step"] if last else 0
         goal = min(settings.steps, (done // settings.segment + 1) * settings.segment)
-        runtime = runtime or Runtime()
         config = TrainerConfig(
             run_dir=str(stage_dir), steps=goal, lr=settings.lr, warmup_steps=settings.warmup_steps,
             ema_decay=settings.ema_decay, save_every=settings.save_every, log_every=10, progress=False,
@@ -325,41 +325,34 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
                         help="change one setting of a stage's preset, e.g. unified.batch_size=512 or unified.lr=5e-4")
 
 
-def with_budgets(settings, budgets: list[str], parser: argparse.ArgumentParser):
-    """``settings`` (a dataclass of per-stage settings) with ``STAGE=SECONDS`` training-time budgets."""
-    for item in budgets:
-        stage, _, seconds = item.partition("=")
-        try:
-            value = float(seconds)
-        except ValueError:
-            value = -1.0
-        if not hasattr(settings, stage) or not hasattr(getattr(settings, stage), "max_seconds") \
-                or not math.isfinite(value) or value <= 0:
-            parser.error(f"--budget {item!r}: expected STAGE=SECONDS (> 0) with STAGE a stage of this preset")
-        settings = dataclasses.replace(settings, **{stage: dataclasses.replace(getattr(settings, stage),
-                                                                               max_seconds=value)})
-    return settings
-
-
-def with_overrides(settings, items: list[str], parser: argparse.ArgumentParser):
-    """``settings`` with ``STAGE.FIELD=VALUE`` changes of its per-stage settings (numbers only)."""
+def with_overrides(settings, items: list[str], parser: argparse.ArgumentParser, field: str | None = None,
+                   flag: str = "--set"):
+    """``settings`` (a dataclass of per-stage settings) with ``STAGE.FIELD=VALUE`` changes (numbers >= 0);
+    with ``field``, the items are ``STAGE=VALUE`` for that field (``--budget``: max_seconds, > 0)."""
     for item in items:
         key, _, text = item.partition("=")
-        stage, _, name = key.partition(".")
+        stage, _, name = (key, "", field) if field else key.partition(".")
         plan = getattr(settings, stage, None)
         known = {f.name for f in dataclasses.fields(plan)} if dataclasses.is_dataclass(plan) else set()
         if name not in known:
-            parser.error(f"--set {item!r}: expected STAGE.FIELD=VALUE with FIELD one of {sorted(known) or '...'} "
-                         f"of a stage of this preset")
+            form = f"STAGE={field.upper()}" if field else f"STAGE.FIELD=VALUE with FIELD one of {sorted(known) or '...'}"
+            parser.error(f"{flag} {item!r}: expected {form} with STAGE a stage of this preset")
         kind = type(getattr(plan, name))
         try:
             value = kind(float(text)) if kind is int and float(text).is_integer() else kind(text)
         except ValueError:
             value = None
-        if value is None or not math.isfinite(value) or value < 0:
-            parser.error(f"--set {item!r}: {name} takes a number >= 0 ({kind.__name__})")
+        positive = field == "max_seconds"  # a budget of 0 would mean none
+        if value is None or not math.isfinite(value) or value < 0 or (positive and value == 0):
+            parser.error(f"{flag} {item!r}: {name} takes a number {'> 0' if positive else '>= 0'} ({kind.__name__})")
         settings = dataclasses.replace(settings, **{stage: dataclasses.replace(plan, **{name: value})})
     return settings
+
+
+def stage_settings(settings, args: argparse.Namespace, parser: argparse.ArgumentParser):
+    """The preset's settings with the command line's ``--budget`` and ``--set`` changes."""
+    settings = with_overrides(settings, args.budget, parser, field="max_seconds", flag="--budget")
+    return with_overrides(settings, args.overrides, parser)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -376,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
         os.nice(args.nice)
 
     torch.set_num_threads(args.threads)
-    settings = with_overrides(with_budgets(PRESETS[args.preset], args.budget, parser), args.overrides, parser)
+    settings = stage_settings(PRESETS[args.preset], args, parser)
     runtime = Runtime(args.device, args.data_workers)
     run_dir, parts_dir = Path(args.run_dir), Path(args.parts_dir)
     stages = [s for s in args.stages.split(",") if s]

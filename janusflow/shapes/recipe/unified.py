@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
     import os
 
-    from .run import PARTS_DIR, Runtime, _log, add_runtime_arguments, with_budgets, with_overrides
+    from .run import PARTS_DIR, Runtime, _log, add_runtime_arguments, stage_settings, with_overrides
 
     parser = argparse.ArgumentParser(description="part 4 on its own, with a preset of its own (run.py runs "
                                      "the default preset after parts 1-3)")
@@ -472,14 +472,8 @@ def main(argv: list[str] | None = None) -> None:
         os.nice(args.nice)
     torch.set_num_threads(args.threads)
     run_dir, parts_dir = Path(args.run_dir), Path(args.parts_dir)
-    settings = PRESETS[args.preset]
-    for item in args.steps:
-        stage, _, steps = item.partition("=")
-        if stage not in STAGE_ORDER or not steps.isdigit():
-            parser.error(f"--steps {item!r}: expected STAGE=N with STAGE one of {list(STAGE_ORDER)}")
-        settings = dataclasses.replace(settings, **{stage: dataclasses.replace(getattr(settings, stage),
-                                                                               steps=int(steps))})
-    settings = with_overrides(with_budgets(settings, args.budget, parser), args.overrides, parser)
+    settings = with_overrides(PRESETS[args.preset], args.steps, parser, field="steps", flag="--steps")
+    settings = stage_settings(settings, args, parser)
     runtime = Runtime(args.device, args.data_workers)
     stages = [s for s in args.stages.split(",") if s]
     for stage in stages:
