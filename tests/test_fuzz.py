@@ -2,8 +2,7 @@
 clear error (a ``janusflow.errors.JanusFlowError``, a one-line CLI error, or a 4xx) -- never another
 exception, a traceback or a hang (each input runs under a wall-clock alarm).
 
-Entry points: image loading (odd modes, formats, EXIF orientations, animation, truncation, wrong
-magic bytes, decompression bombs), prompts and questions (empty, whitespace, control characters,
+Entry points (image loading: tests/test_fuzz_images.py): prompts and questions (empty, whitespace, control characters,
 lone surrogates, very long), prompt files with non-UTF-8 bytes, command-line arguments, config files,
 checkpoint folders (missing/extra keys, wrong shapes and dtypes, a pickle posing as weights, truncated
 files) and HTTP requests. The number of inputs tried is printed at the end of the run.
@@ -12,193 +11,28 @@ files) and HTTP requests. The number of inputs tried is printed at the end of th
 from __future__ import annotations
 
 import base64
-import collections
-import contextlib
 import io
 import json
 import os
 import pickle
 import shutil
-import signal
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from fuzzing import FUZZ, STATUSES, TRIED, alarm, encoded_images, report_inputs_tried  # noqa: F401  (autouse)
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from janusflow.checkpoint import load_model
 from janusflow.config import JanusFlowConfig
 from janusflow.errors import InputError, JanusFlowError
-from janusflow.processor import load_image, preprocess_image
 from janusflow.serve.tiny_model import build_tiny_model_folder
-
-TRIED: collections.Counter = collections.Counter()
-STATUSES: collections.Counter = collections.Counter()  # of the fuzzed HTTP requests
-PER_INPUT_SECONDS = 20
-# CI runs a fixed sample of inputs (derandomized: a failure reproduces on every run); a campaign draws
-# fresh ones each run: JANUSFLOW_FUZZ_RANDOM=1 python -m pytest tests/test_fuzz.py
-FUZZ = settings(deadline=None, database=None, suppress_health_check=list(HealthCheck),
-                derandomize=os.environ.get("JANUSFLOW_FUZZ_RANDOM", "") in ("", "0"))
-
-
-@contextlib.contextmanager
-def alarm(seconds: float = PER_INPUT_SECONDS):
-    """Fail an input that runs longer than ``seconds`` (SIGALRM in the main thread)."""
-    def expired(signum, frame):
-        raise TimeoutError(f"input still running after {seconds} s (a hang)")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def report_inputs_tried(request):
-    yield
-    total = sum(TRIED.values())
-    lines = [f"fuzz: {total} inputs tried"] + [f"  {name}: {count}" for name, count in sorted(TRIED.items())]
-    if STATUSES:
-        lines.append(f"  HTTP statuses: {dict(sorted(STATUSES.items()))}")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-        print("\n" + "\n".join(lines))
-
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
     return build_tiny_model_folder(tmp_path_factory.mktemp("tiny-model"))
-
-
-# =========================================================================================================
-# Images
-
-MODES = ["1", "L", "P", "RGB", "RGBA", "LA", "PA", "I", "I;16", "F", "CMYK", "YCbCr", "HSV", "LAB", "RGBX",
-         "La", "RGBa"]
-FORMATS = ["PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "ICO", "PPM"]
-
-
-def chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-
-
-def gif_declaring(width: int, height: int) -> bytes:
-    return b"GIF89a" + struct.pack("<HH", width, height) + b"\x00\x00\x00" + b",\x00\x00\x00\x00" + \
-        struct.pack("<HH", width, height) + b"\x00\x02\x02D\x01\x00;"
-
-
-@st.composite
-def pil_images(draw):
-    mode = draw(st.sampled_from(MODES))
-    size = (draw(st.integers(1, 48)), draw(st.integers(1, 48)))
-    seed = draw(st.integers(0, 2**16))
-    noise = torch.randint(0, 256, (size[1], size[0]), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
-    base = Image.fromarray(noise.numpy(), mode="L")  # deterministic: hypothesis replays draws
-    try:
-        image = base.convert(mode) if mode not in ("La", "RGBa", "PA") else base.convert("RGBA").convert(mode)
-    except (ValueError, OSError):
-        image = Image.new(mode, size)
-    if draw(st.booleans()) and mode in ("P", "L", "RGB"):
-        image.info["transparency"] = (0, 0, 0) if mode == "RGB" else 0
-    return image
-
-
-@st.composite
-def encoded_images(draw):
-    """(bytes, what was done): an image saved in some format, maybe EXIF-rotated, animated or damaged."""
-    image = draw(pil_images())
-    fmt = draw(st.sampled_from(FORMATS))
-    kwargs, note = {}, {"orientation": None}
-    if fmt in ("JPEG", "PNG", "WEBP", "TIFF") and draw(st.booleans()):
-        orientation = draw(st.sampled_from([1, 2, 3, 4, 5, 6, 7, 8, 0, 9, 255]))
-        exif = Image.Exif()
-        exif[0x0112] = orientation
-        kwargs["exif"] = exif.tobytes() if draw(st.booleans()) else draw(st.binary(max_size=40))
-        note["orientation"] = orientation if isinstance(kwargs["exif"], bytes) and kwargs["exif"].startswith(b"Exif") else None
-    if fmt in ("GIF", "PNG", "WEBP") and draw(st.booleans()):
-        frames = [image.copy() for _ in range(draw(st.integers(1, 3)))]
-        kwargs.update(save_all=True, append_images=frames, duration=50, loop=0)
-    buffer = io.BytesIO()
-    try:
-        image.save(buffer, fmt, **kwargs)
-    except (OSError, ValueError, KeyError, TypeError, SyntaxError, AttributeError, struct.error):
-        buffer = io.BytesIO()  # this mode/format/EXIF combination cannot be written: plain PNG instead
-        Image.new("RGB", image.size, (90, 120, 200)).save(buffer, "PNG")
-        note["orientation"] = None
-    data = buffer.getvalue()
-    damage = draw(st.sampled_from(["none", "none", "truncate", "flip", "magic", "bomb-png", "bomb-gif", "garbage"]))
-    if damage == "truncate":
-        data = data[: draw(st.integers(0, max(0, len(data) - 1)))]
-    elif damage == "flip" and data:
-        at = draw(st.integers(0, len(data) - 1))
-        data = data[:at] + bytes([data[at] ^ draw(st.integers(1, 255))]) + data[at + 1:]
-    elif damage == "magic":
-        data = draw(st.binary(min_size=1, max_size=8)) + data[8:]
-    elif damage == "bomb-png":
-        data = png_declaring(draw(st.integers(20_000, 2**31 - 1)), draw(st.integers(20_000, 2**31 - 1)))
-    elif damage == "bomb-gif":
-        data = gif_declaring(draw(st.integers(20_000, 65535)), draw(st.integers(20_000, 65535)))
-    elif damage == "garbage":
-        data = draw(st.binary(max_size=300))
-    return data, damage, note, image.size
-
-
-def assert_rgb(image: Image.Image) -> None:
-    assert image.mode == "RGB" and image.width > 0 and image.height > 0
-    image.load()
-
-
-@settings(FUZZ, max_examples=300)
-@given(encoded_images())
-def test_fuzz_image_loading(sample):
-    data, damage, note, size = sample
-    TRIED["images (bytes)"] += 1
-    with alarm():
-        try:
-            image = load_image(data)
-        except InputError:
-            return
-    assert_rgb(image)
-    if damage == "none" and note["orientation"] in (5, 6, 7, 8):
-        assert image.size == (size[1], size[0])  # EXIF rotation by 90 degrees applied
-    with alarm():
-        pixels = preprocess_image(image, 32)
-    assert pixels.shape == (3, 32, 32) and torch.isfinite(pixels).all() and pixels.abs().max() <= 1
-
-
-@settings(FUZZ, max_examples=120)
-@given(pil_images())
-def test_fuzz_image_objects(image):
-    TRIED["images (PIL objects)"] += 1
-    with alarm():
-        try:
-            assert_rgb(load_image(image))
-        except InputError:
-            pass
-
-
-@settings(FUZZ, max_examples=40)
-@given(kind=st.sampled_from(["missing", "folder", "empty"]))
-def test_fuzz_image_paths(kind, tmp_path_factory):
-    TRIED["images (paths)"] += 1
-    folder = tmp_path_factory.mktemp("paths")
-    path = {"missing": folder / "nope.png", "folder": folder, "empty": folder / "empty.png"}[kind]
-    if kind == "empty":
-        path.write_bytes(b"")
-    with alarm(), pytest.raises(InputError):
-        load_image(path)
 
 
 # =========================================================================================================
@@ -537,24 +371,3 @@ def test_fuzz_http_requests(client, request_):
     if route.startswith("/v1/") and response.status_code >= 400:
         error = response.json()
         assert set(error) == {"error", "field"} and error["error"]
-
-
-@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "TIFF"])
-def test_an_image_with_damaged_exif_loads_the_same_twice(fmt):
-    # found by the campaign: a JPEG whose EXIF header has one byte flipped loads (its reader skips the
-    # EXIF), but the loaded image, passed on as a PIL image (preprocess_image), failed on the EXIF bytes
-    exif = Image.Exif()
-    exif[0x0112] = 1
-    buffer = io.BytesIO()
-    Image.new("RGB", (3, 2), (10, 20, 30)).save(buffer, fmt, exif=exif.tobytes())
-    data = buffer.getvalue()
-    at = max(data.find(b"MM\x00*"), data.find(b"II*\x00"))
-    assert at >= 0
-    data = data[:at] + b"L" + data[at + 1:]
-    try:
-        once = load_image(data)
-    except InputError:
-        return  # refused at once, with a clear error: fine
-    twice = load_image(once)
-    assert "exif" not in once.info and twice.size == once.size == (3, 2)
-    assert preprocess_image(once, 8).shape == (3, 8, 8)
