@@ -9,7 +9,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+from janusflow.errors import ConfigError
 from janusflow.train import Shard, Trainer, TrainerConfig, share
+from janusflow.train.trainer import lr_schedule
 from janusflow.train.checkpointing import list_checkpoints
 
 
@@ -144,3 +146,26 @@ def test_a_resumed_run_takes_the_new_learning_rate(tmp_path):
     rows = (tmp_path / "log.csv").read_text().strip().splitlines()
     lrs = [float(r.split(",")[1]) for r in rows[1:]]
     assert lrs == [5e-3, 1e-2, 1e-2, 5e-3, 5e-3]  # warm-up 0.5, 1, 1 at 1e-2; then the new rate
+
+
+def test_lr_schedule_warms_up_holds_and_cools_down_to_zero():
+    f = lr_schedule(warmup_steps=2, total_steps=10, decay_steps=4)
+    assert [round(f(s), 4) for s in range(10)] == [0.5, 1, 1, 1, 1, 1, 1, 0.75, 0.5, 0.25]
+    assert f(10) == 0.0
+    constant = lr_schedule(warmup_steps=0)
+    assert all(constant(s) == 1.0 for s in range(5))
+
+
+def test_segments_keep_the_whole_runs_cool_down(tmp_path):
+    """A run trained in segments (steps < schedule_steps each time) follows the whole run's schedule."""
+    kw = dict(decay_steps=4, schedule_steps=6, save_every=1)
+    straight = _train(tmp_path / "a", 6, **kw)
+    _train(tmp_path / "b", 3, **kw)
+    segmented = _train(tmp_path / "b", 6, **kw)
+    a, b = _weights(straight), _weights(segmented)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = (tmp_path / "a" / "log.csv").read_text().splitlines()
+    lrs = [float(r.split(",")[1]) for r in rows[1:]]
+    assert lrs == pytest.approx([5e-3, 1e-2, 1e-2, 7.5e-3, 5e-3, 2.5e-3])
+    with pytest.raises(ConfigError, match="decay_steps"):
+        TrainerConfig(run_dir=str(tmp_path / "c"), steps=6, decay_steps=7).validate()

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from janusflow.errors import ConfigError
 from janusflow.shapes import FORMS, parse_prompt, questions_for_scene, sample_scene, score_image
 from janusflow.shapes.recipe import unified
 from janusflow.shapes.recipe.run import PRESETS as RECIPE_PRESETS
@@ -230,3 +231,12 @@ def test_start_continues_a_model_folder_and_a_budget_in_seconds(tiny_parts, tmp_
                          "--set", "unified.batch_size=3", "--set", "unified.steps=1"])
     config = (tmp_path / "batch" / "unified" / "config.yaml").read_text()
     assert "batch_size: 3" in config
+    # a cool-down over the stage's last steps spans its segments (each segment is one trainer run)
+    unified.main(base + ["--stages", "unified", "--run-dir", str(tmp_path / "cool"), "--start", str(exported),
+                         "--set", "unified.steps=4", "--set", "unified.segment=2", "--set", "unified.decay_steps=2"])
+    rows = (tmp_path / "cool" / "unified" / "log.csv").read_text().splitlines()
+    lrs = {int(r.split(",")[0]): float(r.split(",")[1]) for r in rows[1:]}
+    assert lrs == pytest.approx({2: 1e-3, 4: 0.5e-3})
+    with pytest.raises(ConfigError, match="decay_steps"):
+        unified.main(base + ["--stages", "unified", "--run-dir", str(tmp_path / "bad"), "--start", str(exported),
+                             "--set", "unified.decay_steps=3"])

@@ -137,7 +137,7 @@ class TrainConfig:
         loop.pop("gradient_checkpointing")
         loop["betas"] = tuple(loop["betas"])
         return TrainerConfig(run_dir=self.run_dir, steps=self.stage.steps, lr=self.stage.lr,
-                             warmup_steps=self.stage.warmup_steps, **loop)
+                             warmup_steps=self.stage.warmup_steps, decay_steps=self.stage.decay_steps, **loop)
 
 
 # -- reading ---------------------------------------------------------------------------------------

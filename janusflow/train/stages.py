@@ -33,10 +33,13 @@ class StageConfig:
     steps: int = 100
     batch_size: int = 8  # samples per optimizer step, over all processes and accumulation steps
     ratio: dict[str, int] = field(default_factory=lambda: {"und": 1, "gen": 1, "text": 0})
+    decay_steps: int = 0  # a linear cool-down of the lr to 0 over the last decay_steps (0: constant, the paper's)
 
     def validate(self, where: str = "stage") -> None:
         if self.lr <= 0 or self.steps < 0 or self.warmup_steps < 0 or self.batch_size < 1:
             raise ConfigError(f"{where}: lr must be > 0, steps and warmup_steps >= 0, batch_size >= 1")
+        if not 0 <= self.decay_steps <= self.steps:
+            raise ConfigError(f"{where}.decay_steps must be in 0..steps ({self.steps}), got {self.decay_steps}")
         unknown = sorted(set(self.ratio) - {"und", "gen", "text"})
         if unknown:
             raise ConfigError(f"{where}.ratio: unknown task(s) {unknown}; tasks are und, gen, text")

@@ -74,6 +74,9 @@ class TrainerConfig:
     steps: int = 100
     lr: float = 1e-4
     warmup_steps: int = 0
+    decay_steps: int = 0  # the last decay_steps of the schedule take the lr linearly down to 0
+    schedule_steps: int = 0  # the schedule's length (0: steps); a run trained in segments keeps its whole
+    #                          schedule by giving each segment the same schedule_steps
     grad_accum: int = 1
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.0
@@ -97,6 +100,9 @@ class TrainerConfig:
 
         if self.steps < 0 or self.warmup_steps < 0 or self.grad_accum < 1 or self.keep_last < 0:
             raise ConfigError("trainer: steps and warmup_steps must be >= 0, grad_accum >= 1, keep_last >= 0")
+        if self.schedule_steps < 0 or not 0 <= self.decay_steps <= (self.schedule_steps or self.steps):
+            raise ConfigError(f"trainer: decay_steps ({self.decay_steps}) must be in 0..the schedule's length "
+                              f"({self.schedule_steps or self.steps} steps); schedule_steps must be >= 0")
         if self.save_every < 1 or self.log_every < 1:
             raise ConfigError("trainer: save_every and log_every must be >= 1")
         if self.data_workers < 0 or self.max_seconds < 0:
@@ -169,9 +175,22 @@ def to_device(obj: Any, device: torch.device) -> Any:
     return obj
 
 
-def warmup_then_constant(warmup_steps: int):
-    """lr factor at optimizer step s (0-based): (s + 1) / warmup for s < warmup, then 1."""
-    return lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+def lr_schedule(warmup_steps: int, total_steps: int = 0, decay_steps: int = 0):
+    """lr factor at optimizer step s (0-based), warm-up, constant, then an optional linear cool-down:
+
+        warmup(s) = (s + 1) / warmup_steps           (1 without warm-up)
+        decay(s)  = (total_steps - s) / decay_steps  for s >= total_steps - decay_steps, else 1
+        factor(s) = min(1, warmup(s), decay(s))
+
+    With decay_steps = 0 the rate stays constant after warm-up, as in the paper's stages."""
+
+    def factor(s: int) -> float:
+        f = min(1.0, (s + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+        if decay_steps > 0 and s >= total_steps - decay_steps:
+            f = min(f, max(0.0, (total_steps - s) / decay_steps))
+        return f
+
+    return factor
 
 
 class _Objective(nn.Module):
@@ -250,7 +269,7 @@ class Trainer:
         trainable = {n: p for n, p in module.named_parameters() if n in trainable}  # FSDP swaps them
         optimizer = torch.optim.AdamW(list(trainable.values()), lr=cfg.lr, betas=tuple(cfg.betas),
                                       weight_decay=cfg.weight_decay, foreach=ctx.device.type == "cuda")
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_constant(cfg.warmup_steps))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._schedule())
         ema = EMA(trainable, cfg.ema_decay) if cfg.ema_decay > 0 else None
 
         latest = latest_checkpoint(run_dir) if cfg.resume else None
@@ -351,11 +370,16 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         return logs, totals
 
+    def _schedule(self):
+        cfg = self.config
+        return lr_schedule(cfg.warmup_steps, cfg.schedule_steps or cfg.steps, cfg.decay_steps)
+
     def _apply_config_hyperparameters(self, optimizer, scheduler) -> None:
-        """After a resume the config's lr, warm-up, betas and weight decay apply (the checkpoint holds
+        """After a resume the config's lr, schedule, betas and weight decay apply (the checkpoint holds
         the old ones), e.g. to continue a finished run at another rate; the same config changes nothing."""
         cfg = self.config
-        lr = cfg.lr * warmup_then_constant(cfg.warmup_steps)(scheduler.last_epoch)
+        schedule = self._schedule()
+        lr = cfg.lr * schedule(scheduler.last_epoch)
         scheduler.base_lrs = [cfg.lr] * len(optimizer.param_groups)
         scheduler._last_lr = [lr] * len(optimizer.param_groups)
         for group in optimizer.param_groups:

@@ -44,6 +44,7 @@ class StageSettings:
     batch_size: int
     lr: float
     warmup_steps: int = 100
+    decay_steps: int = 0  # the last decay_steps of the step budget cool the lr linearly down to 0
     ema_decay: float = 0.999
     save_every: int = 100
     target: float = 1.0  # the evaluation's key metric to reach (stage stops early when reached)
@@ -158,6 +159,7 @@ def train_stage(
         goal = min(settings.steps, (done // settings.segment + 1) * settings.segment)
         config = TrainerConfig(
             run_dir=str(stage_dir), steps=goal, lr=settings.lr, warmup_steps=settings.warmup_steps,
+            decay_steps=settings.decay_steps, schedule_steps=settings.steps,
             ema_decay=settings.ema_decay, save_every=settings.save_every, log_every=10, progress=False,
             device=runtime.device, data_workers=runtime.data_workers,
             max_seconds=max(left, 1e-9) if math.isfinite(left) else 0.0,

@@ -80,6 +80,7 @@ class StagePlan:
     batch_size: int
     lr: float
     warmup_steps: int = 50
+    decay_steps: int = 0  # a linear cool-down of the lr to 0 over the last decay_steps of `steps`
     ema_decay: float = 0.998
     save_every: int = 50
     max_seconds: float = 0.0  # training-time budget (0: the step budget alone)
@@ -291,7 +292,7 @@ def train_config(stage: str, plan: StagePlan, settings: UnifiedSettings, start: 
     from ...train.stages import stage_preset
 
     preset = dataclasses.replace(stage_preset(STAGE_PRESETS[stage]), lr=plan.lr, warmup_steps=plan.warmup_steps,
-                                 steps=plan.steps, batch_size=plan.batch_size)
+                                 steps=plan.steps, batch_size=plan.batch_size, decay_steps=plan.decay_steps)
     config = TrainConfig(
         run_dir=str(stage_dir), seed=seed, model=ModelSource(path=str(start)), vae=VAEConfig(path=str(start / "vae")),
         stage=preset, losses=LossConfig(prompt_dropout=settings.prompt_dropout, repa_weight=settings.repa_weight,
@@ -374,7 +375,7 @@ def run_stage(stage: str, recipe_settings, run_dir: Path, parts_dir: Path, seed:
     if STAGE_ORDER.index(stage) > 0 and carry_repa_head(task, run_dir / STAGE_ORDER[STAGE_ORDER.index(stage) - 1]):
         run._log(stage, "REPA projector carried over from the previous stage")
     loop = run.StageSettings(steps=plan.steps, segment=plan.segment, batch_size=plan.batch_size, lr=plan.lr,
-                             warmup_steps=plan.warmup_steps, ema_decay=plan.ema_decay, save_every=plan.save_every,
+                             warmup_steps=plan.warmup_steps, decay_steps=plan.decay_steps, ema_decay=plan.ema_decay, save_every=plan.save_every,
                              target=1.0, max_seconds=plan.max_seconds)
     resolved = {"stage": stage, "start": str(start), "train": config.to_dict(), "settings": dataclasses.asdict(settings)}
     export, last = run.train_stage(stage, task, loop, stage_dir, lambda e: quick_eval(e, settings), "score", resolved,
