@@ -146,14 +146,19 @@ def _to_uint8(array: np.ndarray, mode: str, name: str) -> np.ndarray:
 
 
 def preprocess_image(image: ImageInput, image_size: int, min_size: int = DEFAULT_MIN_SIZE) -> torch.Tensor:
-    """Image -> float32 tensor (3, S, S) in [-1, 1], as the official `VLMImageProcessor` does it.
+    """Image -> float32 tensor (3, S, S) in [-1, 1], as the official `VLMImageProcessor` does it:
+    ``normalize_pixels(resize_and_pad(image, S, min_size))``."""
+    return normalize_pixels(resize_and_pad(image, image_size, min_size))
+
+
+def resize_and_pad(image: ImageInput, image_size: int, min_size: int = DEFAULT_MIN_SIZE) -> torch.Tensor:
+    """Image -> uint8 tensor (3, S, S), the official processor's geometry (steps 1-3 below).
 
     1. `load_image` (RGB, upright, alpha on white).
     2. Resize with PIL bicubic so the long side is S, keeping the aspect ratio. The official rounding:
        side' = max(int(side / long_side * S), min_size)  (truncation, not rounding; min_size = 14 in
        the release, capped at S here so tiny test sizes still give S x S).
     3. Pad to S x S with (127, 127, 127), the image centred: offset ((S - w') // 2, (S - h') // 2).
-    4. x / 255 (computed in float64 as HF's `rescale`, then float32), then (x - 0.5) / 0.5.
     """
     rgb = load_image(image)
     width, height = rgb.size
@@ -165,9 +170,13 @@ def preprocess_image(image: ImageInput, image_size: int, min_size: int = DEFAULT
 
     canvas = Image.new("RGB", (image_size, image_size), BACKGROUND_COLOR)
     canvas.paste(resized, ((image_size - new_width) // 2, (image_size - new_height) // 2))
+    return torch.from_numpy(np.array(canvas, dtype=np.uint8)).permute(2, 0, 1)  # (3, S, S)
 
-    pixels = torch.from_numpy(np.array(canvas, dtype=np.uint8)).permute(2, 0, 1)  # (3, S, S)
+
+def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., 3, S, S) -> float32 in [-1, 1], on the tensor's device (step 4 of the official
+    processor): x / 255, computed in float64 as HF's `rescale`, then float32, then (x - 0.5) / 0.5."""
     unit = (pixels.to(torch.float64) * (1.0 / 255.0)).to(torch.float32)
-    mean = torch.tensor(IMAGE_MEAN, dtype=torch.float32)[:, None, None]
-    std = torch.tensor(IMAGE_STD, dtype=torch.float32)[:, None, None]
+    mean = torch.tensor(IMAGE_MEAN, dtype=torch.float32, device=pixels.device)[:, None, None]
+    std = torch.tensor(IMAGE_STD, dtype=torch.float32, device=pixels.device)[:, None, None]
     return (unit - mean) / std

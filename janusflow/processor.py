@@ -339,7 +339,8 @@ class JanusFlowProcessor:
         input_ids, attention_mask = left_pad([s.input_ids.tolist() for s in samples], self.pad_id)
         batch_size, max_images = len(samples), max(1, max(len(s.pixel_values) for s in samples))
         size = self.image_size
-        pixel_values = torch.zeros((batch_size, max_images, 3, size, size))
+        dtype = next((s.pixel_values.dtype for s in samples if len(s.pixel_values)), torch.float32)
+        pixel_values = torch.zeros((batch_size, max_images, 3, size, size), dtype=dtype)  # as the samples'
         images_emb_mask = torch.zeros((batch_size, max_images, self.num_image_tokens + 1), dtype=torch.bool)
         for i, sample in enumerate(samples):
             num_images = len(sample.pixel_values)

@@ -282,10 +282,10 @@ def test_latent_cache_is_used_and_matches_the_live_encoder(toy, tmp_path):
     assert sample.image is None and sample.latent.shape == (4, 8, 8) and sample.und_features.shape == (16, 16)
     # the cached latent is the live encoder's latent of the centre crop
     from janusflow.processor import load_image
-    from janusflow.train.collate import crop_square, to_pixels
+    from janusflow.train.collate import crop_square, latent_encoder_pixels, to_uint8
 
     image = task.sources["gen"].read(0).image
-    live = task.latent_encoder.encode(to_pixels(crop_square(load_image(image), 16, None))[None])[0]
+    live = task.latent_encoder.encode(latent_encoder_pixels(to_uint8(crop_square(load_image(image), 16, None)))[None])[0]
     assert torch.allclose(sample.latent, live, atol=1e-5)
     batch = cached.micro_batches(0, Shard(0, 1, 1))[0]
     assert batch.gen.und_features is not None and batch.gen.und_pixels is None

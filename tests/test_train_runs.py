@@ -50,13 +50,13 @@ def test_resume_gives_the_same_weights_as_not_stopping(toy, tmp_path):
     config = load_config(None, toy_overrides(toy, tmp_path / "stopped") + extra)
     task = JanusFlowTask(config)
     trainer = Trainer(task, config.trainer_config())
-    draw = task.micro_batches
+    draw = task.cpu_micro_batches  # what the trainer builds batches with (on_device then runs on them)
 
     def stop_after_two(step, shard):  # what SIGTERM does, at step 2 of 4
         trainer.stop_requested = step == 1
         return draw(step, shard)
 
-    task.micro_batches = stop_after_two
+    task.cpu_micro_batches = stop_after_two
     assert trainer.fit()["stopped"]
     assert [p.name for p in list_checkpoints(tmp_path / "stopped")] == ["step-00000001", "step-00000002"]
     result = Trainer(JanusFlowTask(config), config.trainer_config()).fit()  # a fresh start on the same folder

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..processor import load_image, preprocess_image
-from .collate import crop_square, to_pixels
+from .collate import crop_square, latent_encoder_pixels, to_uint8
 
 
 def fingerprint(config) -> dict:
@@ -84,7 +84,7 @@ def build_cache(task, config) -> Path:
     for i in tqdm(range(source.length), desc="cache"):
         sample = source.read(i)  # an unreadable sample fails here: fix the data, then build again
         crop = crop_square(load_image(sample.image), size, None)
-        batch.append(to_pixels(crop))
+        batch.append(latent_encoder_pixels(to_uint8(crop)))
         und_batch.append(preprocess_image(crop, und_size, task.processor.min_size))
         if len(batch) == 32:
             flush()

@@ -4,8 +4,12 @@ Understanding: the conversation is rendered with the processor's "deepseek" temp
 once (with character offsets), and a token is a target exactly when it overlaps an Assistant
 answer (the space after "Assistant:", its text and the EOS that closes it); system prompt, User
 turns, role names and every image position (boi, image slots, eoi) get label -100. Images are
-padded to square as at inference (``preprocess_image``). Text: every token after BOS is a target,
+padded to square as at inference (``resize_and_pad``). Text: every token after BOS is a target,
 EOS appended.
+
+Images stay 8-bit (uint8) in a batch, a quarter of float32's bytes for data workers to hand over;
+:func:`to_model_inputs`, on the training device, makes them the model's float inputs (understanding:
+``normalize_pixels``, as ``preprocess_image``; the latent encoder: x / 127.5 - 1).
 
 Generation: the image is resized (short side) and randomly cropped to a square of the latent
 encoder's size; the same crop, preprocessed for understanding, is the REPA target's input. With
@@ -25,7 +29,8 @@ from PIL import Image
 
 from ..errors import InputError
 from ..flow import sample_time
-from ..processor import left_pad, load_image, make_uncond, preprocess_image
+from ..images import normalize_pixels, resize_and_pad
+from ..processor import left_pad, load_image, make_uncond
 from .samples import CaptionSample, ConversationSample, TextSample
 from .sources import sample_generator
 
@@ -39,7 +44,7 @@ class CEBatch:
     input_ids: torch.Tensor  # (B, T)
     attention_mask: torch.Tensor  # (B, T)
     labels: torch.Tensor  # (B, T), IGNORE where no loss; label[i] is the token at position i
-    pixel_values: torch.Tensor | None = None  # (B, M, 3, S, S)
+    pixel_values: torch.Tensor | None = None  # (B, M, 3, S, S), uint8 until to_model_inputs
     images_seq_mask: torch.Tensor | None = None  # (B, T)
     images_emb_mask: torch.Tensor | None = None  # (B, M, 1 + P)
 
@@ -58,8 +63,8 @@ class GenBatch:
     x0: torch.Tensor  # (B, C, H, W) noise
     t: torch.Tensor  # (B,) in (0, 1)
     latents: torch.Tensor | None = None  # (B, C, H, W) x1, when cached (else encoded from gen_pixels)
-    gen_pixels: torch.Tensor | None = None  # (B, 3, P, P) in [-1, 1], for the latent encoder
-    und_pixels: torch.Tensor | None = None  # (B, 3, S, S), REPA target input
+    gen_pixels: torch.Tensor | None = None  # (B, 3, P, P), for the latent encoder (uint8 until to_model_inputs)
+    und_pixels: torch.Tensor | None = None  # (B, 3, S, S), REPA target input (uint8 until to_model_inputs)
     und_features: torch.Tensor | None = None  # (B, N, W), cached REPA target
     weight: torch.Tensor | None = None  # (B,) 1 for real rows, 0 for a placeholder row (FSDP), None: all 1
 
@@ -110,7 +115,8 @@ def answer_spans(processor, sample: ConversationSample) -> tuple[str, list[tuple
 
 
 def encode_conversation(processor, sample: ConversationSample) -> tuple[list[int], list[int], torch.Tensor]:
-    """(ids, labels, pixel_values) with each image expanded to boi, P x image, eoi (all unlabelled)."""
+    """(ids, labels, pixel_values) with each image expanded to boi, P x image, eoi (all unlabelled);
+    pixel_values (n, 3, S, S) uint8."""
     text, spans = answer_spans(processor, sample)
     encoded = processor.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, labels = [processor.bos_id], [IGNORE]
@@ -129,8 +135,8 @@ def encode_conversation(processor, sample: ConversationSample) -> tuple[list[int
     if processor.max_length is not None and len(ids) > processor.max_length:
         raise InputError(f"the conversation is {len(ids)} tokens, over max_length {processor.max_length}")
     size = processor.image_size
-    pixels = (torch.stack([preprocess_image(im, size, processor.min_size) for im in images]) if images
-              else torch.zeros((0, 3, size, size)))
+    pixels = (torch.stack([resize_and_pad(im, size, processor.min_size) for im in images]) if images
+              else torch.zeros((0, 3, size, size), dtype=torch.uint8))
     return ids, labels, pixels
 
 
@@ -175,10 +181,29 @@ def crop_square(image: Image.Image, size: int, generator: torch.Generator | None
     return image.crop((left, top, left + size, top + size))
 
 
-def to_pixels(image: Image.Image) -> torch.Tensor:
-    """8-bit RGB -> (3, H, W) float32 in [-1, 1]."""
-    array = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
-    return array.float() / 127.5 - 1.0
+def to_uint8(image: Image.Image) -> torch.Tensor:
+    """8-bit RGB -> (3, H, W) uint8."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+
+
+def latent_encoder_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 -> float32 in [-1, 1], the VAE's input range."""
+    return pixels.float() / 127.5 - 1.0
+
+
+def _floats(pixels: torch.Tensor | None, convert) -> torch.Tensor | None:
+    return convert(pixels) if pixels is not None and pixels.dtype == torch.uint8 else pixels
+
+
+def to_model_inputs(batch: JanusFlowBatch) -> JanusFlowBatch:
+    """The batch's 8-bit images as the model's float inputs, where they are (the training device);
+    a batch already converted is returned unchanged."""
+    if batch.und is not None:
+        batch.und.pixel_values = _floats(batch.und.pixel_values, normalize_pixels)
+    if batch.gen is not None:
+        batch.gen.gen_pixels = _floats(batch.gen.gen_pixels, latent_encoder_pixels)
+        batch.gen.und_pixels = _floats(batch.gen.und_pixels, normalize_pixels)
+    return batch
 
 
 class GenItem:
@@ -195,9 +220,9 @@ class GenItem:
             # a cached latent is of the centre crop: its live REPA target must be of the same crop
             crop_g = sample_generator(cfg.seed, "crop", slot) if self.latent is None else None
             crop = crop_square(load_image(sample.image), cfg.gen_image_size, crop_g)
-            self.gen_pixels = to_pixels(crop) if self.latent is None else None
+            self.gen_pixels = to_uint8(crop) if self.latent is None else None
             if cfg.repa and self.features is None:
-                self.und_pixels = preprocess_image(crop, processor.image_size, processor.min_size)
+                self.und_pixels = resize_and_pad(crop, processor.image_size, processor.min_size)
         self.dropped = bool(torch.rand(1, generator=g) < cfg.prompt_dropout)
         self.t = sample_time(1, cfg.time_distribution, cfg.time_mean, cfg.time_std, generator=g)
         self.x0 = torch.randn(cfg.latent_shape, generator=g)

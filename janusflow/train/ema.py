@@ -23,8 +23,9 @@ class EMA:
 
     @torch.no_grad()
     def update(self) -> None:
-        for name, p in self.params.items():
-            self.shadow[name].lerp_(p.detach().float(), 1.0 - self.decay)
+        # one multi-tensor kernel for all parameters (a per-parameter loop launches one per tensor)
+        torch._foreach_lerp_(list(self.shadow.values()), [self.params[n].detach().float() for n in self.shadow],
+                             1.0 - self.decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.shadow

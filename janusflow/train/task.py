@@ -25,7 +25,7 @@ from ..modeling import JanusFlowModel
 from ..processor import JanusFlowProcessor, position_ids_from_left_padding
 from . import lora as lora_utils
 from .collate import (IGNORE, CollateConfig, GenItem, JanusFlowBatch, ce_batch, encode_conversation, encode_text,
-                      gen_batch, und_batch)
+                      gen_batch, to_model_inputs, und_batch)
 from .config import LossConfig, TrainConfig
 from .losses import RepaProjector, next_token_ce_sum, rectified_flow_sum, repa_sum
 from ..tokenizer_build import IMAGE_TOKEN
@@ -261,7 +261,9 @@ class JanusFlowTask:
         self.next_step = step + 1
 
     def on_device(self, batch: JanusFlowBatch) -> JanusFlowBatch:
-        """Encode the generation images into latents with the VAE, on its device (once)."""
+        """On the device, once: the 8-bit images to float inputs, and the generation images encoded
+        into latents by the VAE."""
+        batch = to_model_inputs(batch)
         if batch.gen is not None and batch.gen.latents is None:
             with torch.no_grad():
                 batch.gen.latents = self.latent_encoder.encode(batch.gen.gen_pixels.to(self.device))

@@ -24,6 +24,8 @@ example; ``tests/test_train_trainer.py`` has a 30-line one)::
         def load_state_dict(self, state: dict): ...
         def export(self, directory: Path): ...        # the released artefact (save_pretrained)
         def setup(self, ctx: Dist): ...               # optional: move helpers (a frozen VAE) to ctx.device
+        def cpu_micro_batches(self, step, shard): ... # optional: micro_batches before on_device's work;
+                                                      # what the trainer and data workers build
         def on_device(self, batch): ...               # optional: device work on a batch moved there
                                                       # (micro_batches itself stays on the CPU)
         def advance(self, step: int): ...             # optional: what micro_batches(step) advances, for
@@ -193,6 +195,15 @@ def lr_schedule(warmup_steps: int, total_steps: int = 0, decay_steps: int = 0):
     return factor
 
 
+def _adamw_kernel(params, device: torch.device) -> dict[str, bool]:
+    """AdamW's implementation: the fused kernel on CUDA for float parameters (one launch per step
+    instead of a few per tensor), multi-tensor elsewhere on CUDA, the per-tensor loop on the CPU."""
+    if device.type != "cuda":
+        return {"foreach": False}
+    fusable = all(p.is_floating_point() and not hasattr(p, "full_tensor") for p in params)  # not FSDP's DTensors
+    return {"fused": True} if fusable else {"foreach": True}
+
+
 class _Objective(nn.Module):
     """What DDP/FSDP wrap: ``task.module(batch, totals)``, with a zero that keeps a micro-batch
     without any item (every sample corrupt) in the autograd graph, so that processes stay in step."""
@@ -268,7 +279,7 @@ class Trainer:
         wrapped = distributed.wrap(objective, ctx, cfg.distributed)
         trainable = {n: p for n, p in module.named_parameters() if n in trainable}  # FSDP swaps them
         optimizer = torch.optim.AdamW(list(trainable.values()), lr=cfg.lr, betas=tuple(cfg.betas),
-                                      weight_decay=cfg.weight_decay, foreach=ctx.device.type == "cuda")
+                                      weight_decay=cfg.weight_decay, **_adamw_kernel(trainable.values(), ctx.device))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._schedule())
         ema = EMA(trainable, cfg.ema_decay) if cfg.ema_decay > 0 else None
 
@@ -300,7 +311,7 @@ class Trainer:
         try:
             while self.step < cfg.steps and not out_of_time:
                 lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
-                micro = prefetcher.get(self.step) if prefetcher else self.task.micro_batches(self.step, shard)
+                micro = prefetcher.get(self.step) if prefetcher else self._build(self.step, shard)
                 logs, counts = self._train_step(micro, wrapped, shard, ctx, autocast, optimizer, scheduler,
                                                 trainable)
                 if ema is not None:
@@ -369,6 +380,11 @@ class Trainer:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         return logs, totals
+
+    def _build(self, step: int, shard: Shard) -> list[Any]:
+        """The step's micro-batches in this process: before device work when the task splits it off
+        (``on_device`` then runs on the device, as for batches from data workers)."""
+        return getattr(self.task, "cpu_micro_batches", self.task.micro_batches)(step, shard)
 
     def _schedule(self):
         cfg = self.config
