@@ -223,14 +223,19 @@ def test_start_continues_a_model_folder_and_a_budget_in_seconds(tiny_parts, tmp_
         unified.main(base + ["--stages", "unified", "--start", str(tmp_path / "nothing")])
     with pytest.raises(SystemExit):
         unified.main(base + ["--stages", "unified", "--budget", "unified=-1"])
-    for bad in ("unified.batch_size=-2", "unified.colour=3", "nothing.lr=1", "unified.lr=abc"):
+    for bad in ("unified.batch_size=-2", "unified.colour=3", "nothing.lr=1", "unified.lr=abc", "repa_weight=-1",
+                "unified=3"):
         with pytest.raises(SystemExit):
             unified.main(base + ["--stages", "unified", "--set", bad])
     # a stage's setting changed from the command line: a batch of 3 instead of the preset's 4
     unified.main(base + ["--stages", "unified", "--run-dir", str(tmp_path / "batch"), "--start", str(exported),
                          "--set", "unified.batch_size=3", "--set", "unified.steps=1"])
     config = (tmp_path / "batch" / "unified" / "config.yaml").read_text()
-    assert "batch_size: 3" in config
+    assert "batch_size: 3" in config and "repa_weight: 1.0" in config
+    # a recipe-wide setting: REPA off (say, to continue a model whose REPA projector was not kept)
+    unified.main(base + ["--stages", "unified", "--run-dir", str(tmp_path / "norepa"), "--start", str(exported),
+                         "--set", "repa_weight=0", "--set", "unified.steps=1"])
+    assert "repa_weight: 0.0" in (tmp_path / "norepa" / "unified" / "config.yaml").read_text()
     # a cool-down over the stage's last steps spans its segments (each segment is one trainer run)
     unified.main(base + ["--stages", "unified", "--run-dir", str(tmp_path / "cool"), "--start", str(exported),
                          "--set", "unified.steps=4", "--set", "unified.segment=2", "--set", "unified.decay_steps=2"])

@@ -324,31 +324,47 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a training-time budget for a stage, summed over sessions (e.g. siglip=600); "
                              "the stage ends at its step budget or this, whichever comes first")
     parser.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE", dest="overrides",
-                        help="change one setting of a stage's preset, e.g. unified.batch_size=512 or unified.lr=5e-4")
+                        help="change one setting of a stage's preset, e.g. unified.batch_size=512 or unified.lr=5e-4, "
+                             "or a numeric setting of the whole recipe, e.g. repa_weight=0")
 
 
 def with_overrides(settings, items: list[str], parser: argparse.ArgumentParser, field: str | None = None,
                    flag: str = "--set"):
-    """``settings`` (a dataclass of per-stage settings) with ``STAGE.FIELD=VALUE`` changes (numbers >= 0);
-    with ``field``, the items are ``STAGE=VALUE`` for that field (``--budget``: max_seconds, > 0)."""
+    """``settings`` (a dataclass of per-stage settings) with ``STAGE.FIELD=VALUE`` changes (numbers >= 0),
+    or ``FIELD=VALUE`` for a numeric setting of the whole recipe (e.g. ``repa_weight=0``); with
+    ``field``, the items are ``STAGE=VALUE`` for that field (``--budget``: max_seconds, > 0)."""
     for item in items:
         key, _, text = item.partition("=")
         stage, _, name = (key, "", field) if field else key.partition(".")
+        if not field and not name and _is_number_field(settings, stage):  # a recipe-wide setting
+            settings = dataclasses.replace(settings, **{stage: _number(settings, stage, text, item, parser, flag)})
+            continue
         plan = getattr(settings, stage, None)
         known = {f.name for f in dataclasses.fields(plan)} if dataclasses.is_dataclass(plan) else set()
         if name not in known:
             form = f"STAGE={field.upper()}" if field else f"STAGE.FIELD=VALUE with FIELD one of {sorted(known) or '...'}"
             parser.error(f"{flag} {item!r}: expected {form} with STAGE a stage of this preset")
-        kind = type(getattr(plan, name))
-        try:
-            value = kind(float(text)) if kind is int and float(text).is_integer() else kind(text)
-        except ValueError:
-            value = None
-        positive = field == "max_seconds"  # a budget of 0 would mean none
-        if value is None or not math.isfinite(value) or value < 0 or (positive and value == 0):
-            parser.error(f"{flag} {item!r}: {name} takes a number {'> 0' if positive else '>= 0'} ({kind.__name__})")
+        value = _number(plan, name, text, item, parser, flag, positive=field == "max_seconds")  # 0 s: no budget
         settings = dataclasses.replace(settings, **{stage: dataclasses.replace(plan, **{name: value})})
     return settings
+
+
+def _is_number_field(settings, name: str) -> bool:
+    return (dataclasses.is_dataclass(settings) and name in {f.name for f in dataclasses.fields(settings)}
+            and type(getattr(settings, name)) in (int, float))
+
+
+def _number(owner, name: str, text: str, item: str, parser: argparse.ArgumentParser, flag: str,
+            positive: bool = False):
+    """``text`` as the type of ``owner.name`` (int or float), >= 0 (> 0 when ``positive``)."""
+    kind = type(getattr(owner, name))
+    try:
+        value = kind(float(text)) if kind is int and float(text).is_integer() else kind(text)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or value < 0 or (positive and value == 0):
+        parser.error(f"{flag} {item!r}: {name} takes a number {'> 0' if positive else '>= 0'} ({kind.__name__})")
+    return value
 
 
 def stage_settings(settings, args: argparse.Namespace, parser: argparse.ArgumentParser):
