@@ -391,6 +391,19 @@ def test_sample_question_covers_every_form_and_balances_yes_no():
         assert 0.35 < yes / (yes + no) < 0.65
 
 
+def test_sample_question_form_weights_shift_the_mix_and_are_checked():
+    rng = np.random.default_rng(7)
+    scenes = [sample_scene(rng, 4) for _ in range(300)]  # four objects: every form is allowed
+    weighted = Counter(sample_question(rng, s, {"describe": 5, "count": 0}).form for s in scenes)
+    assert weighted["count"] == 0 and weighted["describe"] > 2 * max(weighted[f] for f in FORMS if f != "describe")
+    # no weights (or empty ones) draw exactly as before: the same questions from the same generator
+    a, b = np.random.default_rng(8), np.random.default_rng(8)
+    assert [sample_question(a, s) for s in scenes[:50]] == [sample_question(b, s, {}) for s in scenes[:50]]
+    for bad in ({"colour": 1.0}, {"count": -1.0}, {"count": float("nan")}):
+        with pytest.raises(ValueError):
+            sample_question(rng, scenes[0], bad)
+
+
 def test_score_understanding():
     scores = score_understanding([("count", True), ("count", False), ("describe", True), ("exists", True)])
     assert scores["count"] == 0.5 and scores["describe"] == 1.0

@@ -236,6 +236,13 @@ def test_start_continues_a_model_folder_and_a_budget_in_seconds(tiny_parts, tmp_
     unified.main(base + ["--stages", "unified", "--run-dir", str(tmp_path / "norepa"), "--start", str(exported),
                          "--set", "repa_weight=0", "--set", "unified.steps=1"])
     assert "repa_weight: 0.0" in (tmp_path / "norepa" / "unified" / "config.yaml").read_text()
+    # a table entry: train more on one question form; a form that does not exist is a clear error
+    unified.main(base + ["--stages", "unified", "--run-dir", str(tmp_path / "forms"), "--start", str(exported),
+                         "--set", "und_form_weights.relation=3", "--set", "unified.steps=1"])
+    assert "und_form_weights:\n    relation: 3.0" in (tmp_path / "forms" / "unified" / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match="unknown question form"):
+        unified.main(base + ["--stages", "unified", "--run-dir", str(tmp_path / "badform"), "--start", str(exported),
+                             "--set", "und_form_weights.colour=3"])
     # a cool-down over the stage's last steps spans its segments (each segment is one trainer run)
     unified.main(base + ["--stages", "unified", "--run-dir", str(tmp_path / "cool"), "--start", str(exported),
                          "--set", "unified.steps=4", "--set", "unified.segment=2", "--set", "unified.decay_steps=2"])

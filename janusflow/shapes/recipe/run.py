@@ -325,13 +325,15 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
                              "the stage ends at its step budget or this, whichever comes first")
     parser.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE", dest="overrides",
                         help="change one setting of a stage's preset, e.g. unified.batch_size=512 or unified.lr=5e-4, "
-                             "or a numeric setting of the whole recipe, e.g. repa_weight=0")
+                             "a numeric setting of the whole recipe, e.g. repa_weight=0, or a table entry, e.g. "
+                             "und_form_weights.relation=3")
 
 
 def with_overrides(settings, items: list[str], parser: argparse.ArgumentParser, field: str | None = None,
                    flag: str = "--set"):
     """``settings`` (a dataclass of per-stage settings) with ``STAGE.FIELD=VALUE`` changes (numbers >= 0),
-    or ``FIELD=VALUE`` for a numeric setting of the whole recipe (e.g. ``repa_weight=0``); with
+    ``FIELD=VALUE`` for a numeric setting of the whole recipe (e.g. ``repa_weight=0``) and
+    ``TABLE.KEY=VALUE`` for an entry of a table of numbers (e.g. ``und_form_weights.relation=3``); with
     ``field``, the items are ``STAGE=VALUE`` for that field (``--budget``: max_seconds, > 0)."""
     for item in items:
         key, _, text = item.partition("=")
@@ -340,6 +342,10 @@ def with_overrides(settings, items: list[str], parser: argparse.ArgumentParser, 
             settings = dataclasses.replace(settings, **{stage: _number(settings, stage, text, item, parser, flag)})
             continue
         plan = getattr(settings, stage, None)
+        if not field and name and isinstance(plan, dict):  # a table of numbers, e.g. und_form_weights.relation=3
+            value = _number({name: 1.0}, name, text, item, parser, flag)
+            settings = dataclasses.replace(settings, **{stage: {**plan, name: value}})
+            continue
         known = {f.name for f in dataclasses.fields(plan)} if dataclasses.is_dataclass(plan) else set()
         if name not in known:
             form = f"STAGE={field.upper()}" if field else f"STAGE.FIELD=VALUE with FIELD one of {sorted(known) or '...'}"
@@ -357,7 +363,7 @@ def _is_number_field(settings, name: str) -> bool:
 def _number(owner, name: str, text: str, item: str, parser: argparse.ArgumentParser, flag: str,
             positive: bool = False):
     """``text`` as the type of ``owner.name`` (int or float), >= 0 (> 0 when ``positive``)."""
-    kind = type(getattr(owner, name))
+    kind = type(owner[name] if isinstance(owner, dict) else getattr(owner, name))
     try:
         value = kind(float(text)) if kind is int and float(text).is_integer() else kind(text)
     except ValueError:

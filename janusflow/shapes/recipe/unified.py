@@ -57,7 +57,7 @@ import torch
 from ...config import GenerationVisionConfig, JanusFlowConfig, LanguageConfig, UnderstandingVisionConfig
 from ...errors import ConfigError
 from ..prompts import caption_for_scene, sample_prompt
-from ..questions import sample_question
+from ..questions import check_form_weights, sample_question
 from ..render import render
 from ..sampler import sample_scene, scene_for_prompt
 from ..world import CATEGORIES
@@ -98,6 +98,9 @@ class UnifiedSettings:
     prompt_dropout: float = 0.1
     prompt_first_share: float = 0.75  # gen captions: prompt -> scene_for_prompt; else scene -> caption
     max_turns: int = 3  # und: questions per conversation, 1..max_turns
+    # und: how often each question form is drawn (relative; a form not listed weighs 1), e.g.
+    # {"relation": 3, "describe": 3} to train more on the hardest forms; empty: uniform (the spec's mix)
+    und_form_weights: dict[str, float] = dataclasses.field(default_factory=dict)
     eval_prompts: int = 10  # fast evaluation after each segment: prompts a category ...
     eval_images: int = 2  # ... images a prompt ...
     eval_questions: int = 200  # ... and questions on fresh scenes
@@ -243,15 +246,16 @@ def sample_rng(seed: int, task: str, position: int) -> np.random.Generator:
     return np.random.default_rng([seed, TASK_CODES[task], position])
 
 
-def understanding_sample(rng: np.random.Generator, max_turns: int = 3):
-    """A rendered scene and 1..max_turns questions about it; the image before the first question."""
+def understanding_sample(rng: np.random.Generator, max_turns: int = 3, form_weights: dict[str, float] | None = None):
+    """A rendered scene and 1..max_turns questions about it (forms drawn by ``form_weights``, uniform
+    when empty); the image before the first question."""
     from ...train.samples import ConversationSample
     from ...tokenizer_build import IMAGE_TOKEN
 
     scene = sample_scene(rng)
     messages = []
     for turn in range(int(rng.integers(1, max_turns + 1))):
-        qa = sample_question(rng, scene)
+        qa = sample_question(rng, scene, form_weights)
         question = f"{IMAGE_TOKEN}\n{qa.question}" if turn == 0 else qa.question  # as user_message() puts it
         messages += [{"role": "User", "content": question}, {"role": "Assistant", "content": qa.answer}]
     return ConversationSample(messages, [render(scene)])
@@ -277,8 +281,13 @@ def text_sample(rng: np.random.Generator):
 
 def shapes_sources(seed: int, settings: UnifiedSettings) -> dict[str, Any]:
     """task -> fn(position) -> sample, for ``JanusFlowTask(sources=...)``: endless and deterministic."""
+    try:
+        check_form_weights(settings.und_form_weights)
+    except ValueError as e:
+        raise ConfigError(f"und_form_weights: {e}") from None
+    weights = settings.und_form_weights
     return {
-        "und": lambda i: understanding_sample(sample_rng(seed, "und", i), settings.max_turns),
+        "und": lambda i: understanding_sample(sample_rng(seed, "und", i), settings.max_turns, weights),
         "gen": lambda i: generation_sample(sample_rng(seed, "gen", i), settings.prompt_first_share),
         "text": lambda i: text_sample(sample_rng(seed, "text", i)),
     }
