@@ -4,6 +4,7 @@ assembly into a default-model folder, and the eval command end to end on a tiny 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
@@ -101,6 +102,11 @@ def test_sources_are_deterministic_and_true_to_the_spec():
         assert score_image(spec, caption.image)  # every training image passes its caption
         assert sources["text"](i).text == sources["text"](i).text
     assert len(gen_tags) == 6 and set(forms) == set(FORMS)
+    # category weights steer the prompt-first captions (3 of 4); the rest stay true captions of random scenes
+    only_position = dict.fromkeys(("single_object", "two_object", "counting", "colors", "color_attr"), 0.0)
+    settings = dataclasses.replace(unified.PRESETS["default"], gen_category_weights=only_position)
+    steered = Counter(parse_prompt(unified.shapes_sources(0, settings)["gen"](i).caption).tag for i in range(80))
+    assert steered["position"] >= 0.6 * 80  # about 1 in 6 without weights
 
 
 def test_three_stages_smoke_run_resume_and_assembly(tiny_parts, tmp_path):
@@ -240,6 +246,12 @@ def test_start_continues_a_model_folder_and_a_budget_in_seconds(tiny_parts, tmp_
     unified.main(base + ["--stages", "unified", "--run-dir", str(tmp_path / "forms"), "--start", str(exported),
                          "--set", "und_form_weights.relation=3", "--set", "unified.steps=1"])
     assert "und_form_weights:\n    relation: 3.0" in (tmp_path / "forms" / "unified" / "config.yaml").read_text()
+    unified.main(base + ["--stages", "unified", "--run-dir", str(tmp_path / "cats"), "--start", str(exported),
+                         "--set", "gen_category_weights.position=2", "--set", "unified.steps=1"])
+    assert "gen_category_weights:\n    position: 2.0" in (tmp_path / "cats" / "unified" / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match="unknown prompt categories"):
+        unified.main(base + ["--stages", "unified", "--run-dir", str(tmp_path / "badcat"), "--start", str(exported),
+                             "--set", "gen_category_weights.shapes=3"])
     with pytest.raises(ConfigError, match="unknown question form"):
         unified.main(base + ["--stages", "unified", "--run-dir", str(tmp_path / "badform"), "--start", str(exported),
                              "--set", "und_form_weights.colour=3"])

@@ -101,6 +101,8 @@ class UnifiedSettings:
     # und: how often each question form is drawn (relative; a form not listed weighs 1), e.g.
     # {"relation": 3, "describe": 3} to train more on the hardest forms; empty: uniform (the spec's mix)
     und_form_weights: dict[str, float] = dataclasses.field(default_factory=dict)
+    # gen: how often each prompt category is drawn for prompt-first captions (relative, 1 if not listed)
+    gen_category_weights: dict[str, float] = dataclasses.field(default_factory=dict)
     eval_prompts: int = 10  # fast evaluation after each segment: prompts a category ...
     eval_images: int = 2  # ... images a prompt ...
     eval_questions: int = 200  # ... and questions on fresh scenes
@@ -261,12 +263,19 @@ def understanding_sample(rng: np.random.Generator, max_turns: int = 3, form_weig
     return ConversationSample(messages, [render(scene)])
 
 
-def generation_sample(rng: np.random.Generator, prompt_first_share: float = 0.75):
-    """An image that passes its caption (a prompt of the six categories)."""
+def generation_sample(rng: np.random.Generator, prompt_first_share: float = 0.75,
+                      category_weights: dict[str, float] | None = None):
+    """An image that passes its caption (a prompt of the six categories, drawn uniformly or in
+    proportion to ``category_weights``, 1 for a category not listed)."""
     from ...train.samples import CaptionSample
 
     if rng.random() < prompt_first_share:
-        prompt = sample_prompt(rng, CATEGORIES[int(rng.integers(len(CATEGORIES)))])
+        if category_weights:
+            weights = np.array([float(category_weights.get(tag, 1.0)) for tag in CATEGORIES])
+            tag = CATEGORIES[int(rng.choice(len(CATEGORIES), p=weights / weights.sum()))]
+        else:
+            tag = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
+        prompt = sample_prompt(rng, tag)
         return CaptionSample(prompt.text, render(scene_for_prompt(rng, prompt)))
     scene = sample_scene(rng)
     _, caption = caption_for_scene(rng, scene)
@@ -279,16 +288,26 @@ def text_sample(rng: np.random.Generator):
     return TextSample(sample_text(rng))
 
 
+def check_category_weights(weights: dict[str, float]) -> None:
+    unknown = sorted(set(weights) - set(CATEGORIES))
+    if unknown:
+        raise ConfigError(f"gen_category_weights: unknown prompt categories {unknown}; categories are {CATEGORIES}")
+    values = [float(weights.get(tag, 1.0)) for tag in CATEGORIES]
+    if not all(0 <= v < math.inf for v in values) or not sum(values) > 0:
+        raise ConfigError(f"gen_category_weights: finite numbers >= 0, not all 0, got {weights}")
+
+
 def shapes_sources(seed: int, settings: UnifiedSettings) -> dict[str, Any]:
     """task -> fn(position) -> sample, for ``JanusFlowTask(sources=...)``: endless and deterministic."""
     try:
         check_form_weights(settings.und_form_weights)
     except ValueError as e:
         raise ConfigError(f"und_form_weights: {e}") from None
-    weights = settings.und_form_weights
+    check_category_weights(settings.gen_category_weights)
+    forms, categories = settings.und_form_weights, settings.gen_category_weights
     return {
-        "und": lambda i: understanding_sample(sample_rng(seed, "und", i), settings.max_turns, weights),
-        "gen": lambda i: generation_sample(sample_rng(seed, "gen", i), settings.prompt_first_share),
+        "und": lambda i: understanding_sample(sample_rng(seed, "und", i), settings.max_turns, forms),
+        "gen": lambda i: generation_sample(sample_rng(seed, "gen", i), settings.prompt_first_share, categories),
         "text": lambda i: text_sample(sample_rng(seed, "text", i)),
     }
 
