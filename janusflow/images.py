@@ -67,6 +67,9 @@ def load_image(image: ImageInput) -> Image.Image:
         with warnings.catch_warnings():
             # PIL warns above MAX_IMAGE_PIXELS and raises above twice that; both are refused here.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # PIL's other warnings describe a damaged file (a truncated TIFF tag, say): it either
+            # decodes, and is used, or fails below with a clear error; nothing for the caller to act on
+            warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
             with Image.open(source) as opened:
                 opened.load()  # decode now, so truncated data fails here and not later
                 decoded = _upright(opened, name)

@@ -10,6 +10,7 @@ import io
 import os
 import signal
 import struct
+import warnings
 import zlib
 
 import pytest
@@ -108,7 +109,9 @@ def encoded_images(draw):
         kwargs.update(save_all=True, append_images=frames, duration=50, loop=0)
     buffer = io.BytesIO()
     try:
-        image.save(buffer, fmt, **kwargs)
+        with warnings.catch_warnings():  # Pillow deprecates some mode/format pairs (I as PNG); once
+            warnings.simplefilter("ignore", DeprecationWarning)  # removed they raise, handled below
+            image.save(buffer, fmt, **kwargs)
     except (OSError, ValueError, KeyError, TypeError, SyntaxError, AttributeError, struct.error):
         buffer = io.BytesIO()  # this mode/format/EXIF combination cannot be written: plain PNG instead
         Image.new("RGB", image.size, (90, 120, 200)).save(buffer, "PNG")

@@ -25,6 +25,7 @@ def assert_rgb(image: Image.Image) -> None:
     image.load()
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # a damaged file is loaded or refused, never warned about
 @settings(FUZZ, max_examples=300)
 @given(encoded_images())
 def test_fuzz_image_loading(sample):
