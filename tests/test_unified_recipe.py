@@ -247,8 +247,9 @@ def test_start_continues_a_model_folder_and_a_budget_in_seconds(tiny_parts, tmp_
                          "--set", "und_form_weights.relation=3", "--set", "unified.steps=1"])
     assert "und_form_weights:\n    relation: 3.0" in (tmp_path / "forms" / "unified" / "config.yaml").read_text()
     unified.main(base + ["--stages", "unified", "--run-dir", str(tmp_path / "cats"), "--start", str(exported),
-                         "--set", "gen_category_weights.position=2", "--set", "unified.steps=1"])
-    assert "gen_category_weights:\n    position: 2.0" in (tmp_path / "cats" / "unified" / "config.yaml").read_text()
+                         "--set", "gen_category_weights.position=2", "--set", "unified.steps=1", "--set", "seed=5"])
+    config = (tmp_path / "cats" / "unified" / "config.yaml").read_text()
+    assert "gen_category_weights:\n    position: 2.0" in config and "\n  seed: 5\n" in config  # fresh data: seed 5
     with pytest.raises(ConfigError, match="unknown prompt categories"):
         unified.main(base + ["--stages", "unified", "--run-dir", str(tmp_path / "badcat"), "--start", str(exported),
                              "--set", "gen_category_weights.shapes=3"])

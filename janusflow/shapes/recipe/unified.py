@@ -110,6 +110,8 @@ class UnifiedSettings:
     final_images: int = 4
     final_questions: int = 1000
     final_eval: bool = True  # False: assemble only (evaluate later: python -m janusflow.shapes.recipe.assemble)
+    seed: int = 4  # the stages' data streams and random draws; a run continuing a trained model (--start)
+    #                wants another one, or it sees again the samples its model was trained on
 
 
 PRESETS: dict[str, UnifiedSettings] = {
@@ -387,7 +389,7 @@ def stage_start(stage: str, run_dir: Path, parts_dir: Path, settings: UnifiedSet
     return previous / _read_json(done)["train"].get("weights", "export")
 
 
-def run_stage(stage: str, recipe_settings, run_dir: Path, parts_dir: Path, seed: int = 4, runtime=None,
+def run_stage(stage: str, recipe_settings, run_dir: Path, parts_dir: Path, runtime=None,
               start: Path | None = None) -> None:
     """Train one stage (resumable) and record it in RUN_DIR/STAGE/DONE.json; ``start`` replaces the model
     folder it starts from (default: :func:`stage_start`), e.g. to continue training a shipped model."""
@@ -398,8 +400,8 @@ def run_stage(stage: str, recipe_settings, run_dir: Path, parts_dir: Path, seed:
     plan: StagePlan = getattr(settings, stage)
     stage_dir = run_dir / stage
     start = start if start is not None else stage_start(stage, run_dir, parts_dir, settings)
-    config = train_config(stage, plan, settings, start, stage_dir, seed)
-    task = JanusFlowTask(config, sources=shapes_sources(seed, settings))
+    config = train_config(stage, plan, settings, start, stage_dir, settings.seed)
+    task = JanusFlowTask(config, sources=shapes_sources(settings.seed, settings))
     if STAGE_ORDER.index(stage) > 0 and carry_repa_head(task, run_dir / STAGE_ORDER[STAGE_ORDER.index(stage) - 1]):
         run._log(stage, "REPA projector carried over from the previous stage")
     loop = run.StageSettings(steps=plan.steps, segment=plan.segment, batch_size=plan.batch_size, lr=plan.lr,
