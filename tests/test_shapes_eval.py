@@ -1,6 +1,10 @@
 """The shapes evaluation layouts: a perfect generator/answerer scores 1, a wrong one does not."""
 
+import json
+from pathlib import Path
+
 import numpy as np
+import pytest
 from PIL import Image
 
 from janusflow.shapes import CATEGORIES, parse_prompt, render, scene_for_prompt
@@ -45,3 +49,20 @@ def test_llava_scoring(tmp_path):
     assert score_llava_answers(perfect, key)["overall"] == 1.0
     wrong = [{"question_id": q["question_id"], "text": "purple"} for q in questions]
     assert score_llava_answers(wrong, key)["overall"] < 0.5
+
+
+def test_readme_scores_are_the_shipped_models_recorded_evaluation():
+    """The README's score tables say what `janusflow eval shapes` recorded for the shipped model."""
+    root = Path(__file__).resolve().parent.parent
+    recorded = root / "janusflow" / "default_model" / "eval_shapes.json"
+    if not recorded.is_file():
+        pytest.skip("no default model installed")
+    results = json.loads(recorded.read_text())
+    rows = [line for line in (root / "README.md").read_text().splitlines() if line.startswith("| default model |")]
+    assert len(rows) == 2, "the README has one generation and one understanding row for the default model"
+    gen_cells, und_cells = ([c.strip(" *") for c in row.split("|")[2:-1]] for row in rows)
+    gen_order = ["single_object", "two_object", "counting", "colors", "position", "color_attr", "overall"]
+    und_order = ["count", "count_of", "color_of", "shape_of", "exists", "relation", "describe", "overall"]
+    for cells, order, part in ((gen_cells, gen_order, "generation"), (und_cells, und_order, "understanding")):
+        shown = [float(c.split()[0].strip("*")) for c in cells]
+        assert shown == [round(results[part][k], 3) for k in order], part
