@@ -22,6 +22,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from .draws import pick
 from .scorer import passes
 from .world import CATEGORIES, COLORS, NUMBER_WORDS, RELATIONS, SHAPES, Scene
 
@@ -133,13 +134,10 @@ def parse_prompt(text: str) -> PromptSpec:
     return spec
 
 
-def _pick(rng: np.random.Generator, items):
-    return items[int(rng.integers(len(items)))]
-
 
 def sample_prompt(rng: np.random.Generator, tag: str) -> PromptSpec:
     """A uniformly random prompt of category `tag`."""
-    return _pick(rng, all_prompts(tag))
+    return pick(rng, all_prompts(tag))
 
 
 def true_prompts(scene: Scene, tag: str) -> list[PromptSpec]:
@@ -151,5 +149,5 @@ def caption_for_scene(rng: np.random.Generator, scene: Scene) -> tuple[str, str]
     """(tag, text): a true prompt for `scene`, of a category drawn uniformly among those with
     at least one true prompt, then a prompt drawn uniformly within it."""
     options = {tag: true_prompts(scene, tag) for tag in CATEGORIES}
-    tag = _pick(rng, [tag for tag in CATEGORIES if options[tag]])
-    return tag, _pick(rng, options[tag]).text
+    tag = pick(rng, [tag for tag in CATEGORIES if options[tag]])
+    return tag, pick(rng, options[tag]).text

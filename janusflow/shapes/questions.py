@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .draws import check_weights, pick
 from .world import COLORS, RELATIONS, SHAPES, Obj, Scene, number_word, relation_holds
 
 FORMS: tuple[str, ...] = ("count", "count_of", "color_of", "shape_of", "exists", "relation", "describe")
@@ -103,29 +104,13 @@ def sample_question(rng: np.random.Generator, scene: Scene, form_weights: Mappin
     by_form: dict[str, list[QA]] = {}
     for qa in questions_for_scene(scene):
         by_form.setdefault(qa.form, []).append(qa)
-    forms = [form for form in FORMS if form in by_form]
     if form_weights:
-        check_form_weights(form_weights)
-        weights = np.array([float(form_weights.get(form, 1.0)) for form in forms])
-        if weights.sum() <= 0:
-            raise ValueError(f"the question forms this scene allows ({forms}) all have weight 0")
-        candidates = by_form[forms[int(rng.choice(len(forms), p=weights / weights.sum()))]]
-    else:
-        candidates = by_form[forms[int(rng.integers(len(forms)))]]
+        check_weights(form_weights, FORMS, "question forms")
+    candidates = by_form[pick(rng, [form for form in FORMS if form in by_form], form_weights)]
     if candidates[0].form in YES_NO_FORMS:
         wanted = "yes" if rng.random() < 0.5 else "no"
         candidates = [qa for qa in candidates if qa.answer == wanted] or candidates
     return candidates[int(rng.integers(len(candidates)))]
-
-
-def check_form_weights(form_weights: Mapping[str, float]) -> None:
-    """ValueError unless every key is a question form and every weight a finite number >= 0."""
-    unknown = sorted(set(form_weights) - set(FORMS))
-    if unknown:
-        raise ValueError(f"unknown question form(s) {unknown}; forms are {FORMS}")
-    bad = {k: v for k, v in form_weights.items() if not (isinstance(v, (int, float)) and 0 <= v < float("inf"))}
-    if bad:
-        raise ValueError(f"question form weights must be finite numbers >= 0, got {bad}")
 
 
 _ITEM = re.compile(rf"an? ({'|'.join(COLORS)}) ({'|'.join(SHAPES)})")

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .draws import pick
 from .prompts import PromptSpec
 from .scorer import passes
 from .world import (
@@ -35,9 +36,6 @@ MAX_PROMPT_TRIES = 200
 Look = tuple[str, str]  # (shape, colour)
 
 
-def _pick(rng: np.random.Generator, items):
-    return items[int(rng.integers(len(items)))]
-
 
 def _uniform(rng: np.random.Generator, lo: int, hi: int) -> int:
     """An integer uniform in lo..hi inclusive."""
@@ -45,7 +43,7 @@ def _uniform(rng: np.random.Generator, lo: int, hi: int) -> int:
 
 
 def random_look(rng: np.random.Generator, shapes: Sequence[str] = SHAPES) -> Look:
-    return _pick(rng, shapes), _pick(rng, COLORS)
+    return pick(rng, shapes), pick(rng, COLORS)
 
 
 def place_objects(rng: np.random.Generator, looks: Sequence[Look]) -> Scene:

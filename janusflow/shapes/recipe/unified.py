@@ -57,7 +57,8 @@ import torch
 from ...config import GenerationVisionConfig, JanusFlowConfig, LanguageConfig, UnderstandingVisionConfig
 from ...errors import ConfigError
 from ..prompts import caption_for_scene, sample_prompt
-from ..questions import check_form_weights, sample_question
+from ..draws import check_weights, pick
+from ..questions import FORMS, sample_question
 from ..render import render
 from ..sampler import sample_scene, scene_for_prompt
 from ..world import CATEGORIES
@@ -272,12 +273,7 @@ def generation_sample(rng: np.random.Generator, prompt_first_share: float = 0.75
     from ...train.samples import CaptionSample
 
     if rng.random() < prompt_first_share:
-        if category_weights:
-            weights = np.array([float(category_weights.get(tag, 1.0)) for tag in CATEGORIES])
-            tag = CATEGORIES[int(rng.choice(len(CATEGORIES), p=weights / weights.sum()))]
-        else:
-            tag = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
-        prompt = sample_prompt(rng, tag)
+        prompt = sample_prompt(rng, pick(rng, CATEGORIES, category_weights))
         return CaptionSample(prompt.text, render(scene_for_prompt(rng, prompt)))
     scene = sample_scene(rng)
     _, caption = caption_for_scene(rng, scene)
@@ -290,22 +286,14 @@ def text_sample(rng: np.random.Generator):
     return TextSample(sample_text(rng))
 
 
-def check_category_weights(weights: dict[str, float]) -> None:
-    unknown = sorted(set(weights) - set(CATEGORIES))
-    if unknown:
-        raise ConfigError(f"gen_category_weights: unknown prompt categories {unknown}; categories are {CATEGORIES}")
-    values = [float(weights.get(tag, 1.0)) for tag in CATEGORIES]
-    if not all(0 <= v < math.inf for v in values) or not sum(values) > 0:
-        raise ConfigError(f"gen_category_weights: finite numbers >= 0, not all 0, got {weights}")
-
-
 def shapes_sources(seed: int, settings: UnifiedSettings) -> dict[str, Any]:
     """task -> fn(position) -> sample, for ``JanusFlowTask(sources=...)``: endless and deterministic."""
-    try:
-        check_form_weights(settings.und_form_weights)
-    except ValueError as e:
-        raise ConfigError(f"und_form_weights: {e}") from None
-    check_category_weights(settings.gen_category_weights)
+    for field, names, what in (("und_form_weights", FORMS, "question forms"),
+                               ("gen_category_weights", CATEGORIES, "prompt categories")):
+        try:
+            check_weights(getattr(settings, field), names, what)
+        except ValueError as e:
+            raise ConfigError(f"{field}: {e}") from None
     forms, categories = settings.und_form_weights, settings.gen_category_weights
     return {
         "und": lambda i: understanding_sample(sample_rng(seed, "und", i), settings.max_turns, forms),
