@@ -339,18 +339,20 @@ def with_overrides(settings, items: list[str], parser: argparse.ArgumentParser, 
         key, _, text = item.partition("=")
         stage, _, name = (key, "", field) if field else key.partition(".")
         if not field and not name and _is_number_field(settings, stage):  # a recipe-wide setting
-            settings = dataclasses.replace(settings, **{stage: _number(settings, stage, text, item, parser, flag)})
+            value = _number(type(getattr(settings, stage)), stage, text, item, parser, flag)
+            settings = dataclasses.replace(settings, **{stage: value})
             continue
         plan = getattr(settings, stage, None)
         if not field and name and isinstance(plan, dict):  # a table of numbers, e.g. und_form_weights.relation=3
-            value = _number({name: 1.0}, name, text, item, parser, flag)
+            value = _number(float, name, text, item, parser, flag)
             settings = dataclasses.replace(settings, **{stage: {**plan, name: value}})
             continue
         known = {f.name for f in dataclasses.fields(plan)} if dataclasses.is_dataclass(plan) else set()
         if name not in known:
             form = f"STAGE={field.upper()}" if field else f"STAGE.FIELD=VALUE with FIELD one of {sorted(known) or '...'}"
             parser.error(f"{flag} {item!r}: expected {form} with STAGE a stage of this preset")
-        value = _number(plan, name, text, item, parser, flag, positive=field == "max_seconds")  # 0 s: no budget
+        value = _number(type(getattr(plan, name)), name, text, item, parser, flag,
+                        positive=field == "max_seconds")  # a budget of 0 s would mean none
         settings = dataclasses.replace(settings, **{stage: dataclasses.replace(plan, **{name: value})})
     return settings
 
@@ -360,10 +362,9 @@ def _is_number_field(settings, name: str) -> bool:
             and type(getattr(settings, name)) in (int, float))
 
 
-def _number(owner, name: str, text: str, item: str, parser: argparse.ArgumentParser, flag: str,
-            positive: bool = False):
-    """``text`` as the type of ``owner.name`` (int or float), >= 0 (> 0 when ``positive``)."""
-    kind = type(owner[name] if isinstance(owner, dict) else getattr(owner, name))
+def _number(kind: type, name: str, text: str, item: str, parser: argparse.ArgumentParser, flag: str,
+             positive: bool = False):
+    """``text`` as a ``kind`` (int or float), >= 0 (> 0 when ``positive``)."""
     try:
         value = kind(float(text)) if kind is int and float(text).is_integer() else kind(text)
     except ValueError:

@@ -392,9 +392,7 @@ def run_stage(stage: str, recipe_settings, run_dir: Path, parts_dir: Path, runti
     task = JanusFlowTask(config, sources=shapes_sources(settings.seed, settings))
     if STAGE_ORDER.index(stage) > 0 and carry_repa_head(task, run_dir / STAGE_ORDER[STAGE_ORDER.index(stage) - 1]):
         run._log(stage, "REPA projector carried over from the previous stage")
-    loop = run.StageSettings(steps=plan.steps, segment=plan.segment, batch_size=plan.batch_size, lr=plan.lr,
-                             warmup_steps=plan.warmup_steps, decay_steps=plan.decay_steps, ema_decay=plan.ema_decay, save_every=plan.save_every,
-                             target=1.0, max_seconds=plan.max_seconds)
+    loop = run.StageSettings(**dataclasses.asdict(plan), target=1.0)  # a StagePlan is loop settings, no target
     resolved = {"stage": stage, "start": str(start), "train": config.to_dict(), "settings": dataclasses.asdict(settings)}
     export, last = run.train_stage(stage, task, loop, stage_dir, lambda e: quick_eval(e, settings), "score", resolved,
                                    runtime=runtime)
