@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import shutil
 import tempfile
 import time
@@ -54,7 +53,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...config import GenerationVisionConfig, JanusFlowConfig, LanguageConfig, UnderstandingVisionConfig
+from ...config import JanusFlowConfig
 from ...errors import ConfigError
 from ..prompts import caption_for_scene, sample_prompt
 from ..draws import check_weights, pick
@@ -63,6 +62,7 @@ from ..render import render
 from ..sampler import sample_scene, scene_for_prompt
 from ..world import CATEGORIES
 from .corpus import sample_text
+from .parts import config_from_parts, gen_vision_for, load_parts, und_vision_config
 
 # The three stages: (recipe stage name, janusflow.train stage preset giving trainable modules and mix)
 STAGE_PRESETS = {"adapt": "adaptation", "unified": "pretrain", "sft": "sft"}
@@ -153,72 +153,26 @@ PRESETS: dict[str, UnifiedSettings] = {
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run the earlier recipe parts first "
-                                f"(python -m janusflow.shapes.recipe.run --stages vae,tokenizer,siglip,lm)")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def language_from_parts(llm_dir: Path) -> LanguageConfig:
-    """The ``LanguageConfig`` of a ``LlamaForCausalLM`` folder (parts/llm)."""
-    c = _read_json(llm_dir / "config.json")
-    return LanguageConfig(
-        vocab_size=c["vocab_size"], hidden_size=c["hidden_size"], intermediate_size=c["intermediate_size"],
-        num_hidden_layers=c["num_hidden_layers"], num_attention_heads=c["num_attention_heads"],
-        num_key_value_heads=c.get("num_key_value_heads") or c["num_attention_heads"],
-        max_position_embeddings=c["max_position_embeddings"], rms_norm_eps=c["rms_norm_eps"],
-        rope_theta=float((c.get("rope_parameters") or {}).get("rope_theta", c.get("rope_theta", 10000.0))),
-        tie_word_embeddings=c.get("tie_word_embeddings", False), initializer_range=c["initializer_range"])
-
-
-def und_vision_from_parts(und_dir: Path) -> UnderstandingVisionConfig:
-    """The ``UnderstandingVisionConfig`` of a ``SiglipVisionModel`` folder (parts/und_encoder)."""
-    c = _read_json(und_dir / "config.json")
-    return UnderstandingVisionConfig(
-        image_size=c["image_size"], patch_size=c["patch_size"], width=c["hidden_size"],
-        num_layers=c["num_hidden_layers"], num_heads=c["num_attention_heads"], mlp_dim=c["intermediate_size"],
-        layer_norm_eps=c["layer_norm_eps"], use_attention_pool=c.get("vision_use_head", True))
-
-
-def gen_vision_for(und: UnderstandingVisionConfig, vae_dir: Path, channels: int, layers: int) -> GenerationVisionConfig:
-    """Generation encoder/decoder on the VAE's latents with the understanding encoder's token grid:
-    patch (kernel = stride) latent_size / grid, and log2(patch) PixelShuffle(2) stages back."""
-    c = _read_json(vae_dir / "config.json")
-    latent_size = c["sample_size"] // 2 ** (len(c["block_out_channels"]) - 1)
-    patch = latent_size // und.grid
-    if patch < 1 or patch * und.grid != latent_size or patch & (patch - 1):
-        raise ConfigError(f"the VAE's {latent_size}x{latent_size} latents cannot be cut into the understanding "
-                          f"encoder's {und.grid}x{und.grid} grid by a power-of-two patch")
-    return GenerationVisionConfig(
-        latent_channels=c["latent_channels"], latent_size=latent_size, kernel_size=patch, stride=patch,
-        channels=channels, encoder_layers=layers, decoder_in_channels=channels, decoder_layers=layers,
-        upsamples=int(math.log2(patch)))
-
-
 def model_config(parts_dir: Path, settings: UnifiedSettings) -> JanusFlowConfig:
-    und = und_vision_from_parts(parts_dir / "und_encoder")
-    config = JanusFlowConfig(language=language_from_parts(parts_dir / "llm"), und_vision=und,
-                             gen_vision=gen_vision_for(und, parts_dir / "vae", settings.gen_channels,
+    und = und_vision_config(parts_dir / "und_encoder")
+    return config_from_parts(parts_dir, gen_vision_for(und, parts_dir / "vae", settings.gen_channels,
                                                        settings.gen_layers))
-    config.validate()
-    return config
 
 
 def init_from_parts(parts_dir: Path, settings: UnifiedSettings, seed: int = 0):
     """(model, processor): a fresh JanusFlowModel with the LLM and SigLIP weights of the parts copied
     in (fp32); the aligners, boi embedding and generation encoder/decoder are newly initialised."""
-    from transformers import AutoTokenizer, LlamaForCausalLM, SiglipVisionModel
+    from transformers import AutoTokenizer
 
     from ...modeling import JanusFlowModel
     from ...processor import JanusFlowProcessor
 
     config = model_config(parts_dir, settings)
     torch.manual_seed(seed)
-    model = JanusFlowModel(config)
-    llm = LlamaForCausalLM.from_pretrained(parts_dir / "llm", dtype=torch.float32)
-    model.language_model.load_state_dict(llm.state_dict(), strict=True)
-    siglip = SiglipVisionModel.from_pretrained(parts_dir / "und_encoder", dtype=torch.float32)
-    model.und_encoder.siglip.load_state_dict(siglip.state_dict(), strict=True)
+    model = load_parts(JanusFlowModel(config), parts_dir)
     tokenizer = AutoTokenizer.from_pretrained(parts_dir / "tokenizer")
     if len(tokenizer) > config.language.vocab_size:
         raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens, the LLM {config.language.vocab_size}")
