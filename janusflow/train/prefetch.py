@@ -30,9 +30,14 @@ def _init_worker() -> None:
     torch.set_num_threads(1)  # many workers share the cores
 
 
+def cpu_batches(task, step: int, shard) -> list[Any]:
+    """The task's micro-batches of ``step`` before device work: ``cpu_micro_batches`` when the task
+    has it (``on_device`` then runs where the batch trains), else ``micro_batches``."""
+    return getattr(task, "cpu_micro_batches", task.micro_batches)(step, shard)
+
+
 def _build(step: int) -> list[Any]:
-    build = getattr(_TASK, "cpu_micro_batches", _TASK.micro_batches)
-    return build(step, _SHARD)
+    return cpu_batches(_TASK, step, _SHARD)
 
 
 class Prefetcher:

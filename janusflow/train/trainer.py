@@ -66,6 +66,7 @@ from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from .distributed import Dist
 from .ema import EMA
 from .monitor import Monitor
+from .prefetch import cpu_batches
 
 
 @dataclass
@@ -311,7 +312,7 @@ class Trainer:
         try:
             while self.step < cfg.steps and not out_of_time:
                 lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
-                micro = prefetcher.get(self.step) if prefetcher else self._build(self.step, shard)
+                micro = prefetcher.get(self.step) if prefetcher else cpu_batches(self.task, self.step, shard)
                 logs, counts = self._train_step(micro, wrapped, shard, ctx, autocast, optimizer, scheduler,
                                                 trainable)
                 if ema is not None:
@@ -380,11 +381,6 @@ class Trainer:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         return logs, totals
-
-    def _build(self, step: int, shard: Shard) -> list[Any]:
-        """The step's micro-batches in this process: before device work when the task splits it off
-        (``on_device`` then runs on the device, as for batches from data workers)."""
-        return getattr(self.task, "cpu_micro_batches", self.task.micro_batches)(step, shard)
 
     def _schedule(self):
         cfg = self.config
