@@ -137,6 +137,8 @@ def test_three_stages_smoke_run_resume_and_assembly(tiny_parts, tmp_path):
 
     with safe_open(model_dir / "model.safetensors", framework="pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    # no path of the machine that built it is recorded in the shipped VAE's config
+    assert "_name_or_path" not in json.loads((model_dir / "vae" / "config.json").read_text())
     pipe = JanusFlowPipeline.from_pretrained(model_dir)
     assert pipe.model.dtype == torch.float32 and pipe.vae is not None
     assert isinstance(JanusFlowChat.from_pretrained(model_dir).ask([], "how many shapes are there?",

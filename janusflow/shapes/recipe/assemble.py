@@ -52,6 +52,7 @@ def assemble(source: str | os.PathLike, target: str | os.PathLike = DEFAULT_TARG
     model.save_pretrained(staging, dtype=dtype)
     processor.save_pretrained(staging)
     AutoencoderKL.from_pretrained(source / VAE_SUBFOLDER, torch_dtype=dtype).save_pretrained(staging / VAE_SUBFOLDER)
+    _drop_local_path(staging / VAE_SUBFOLDER / "config.json")
     size = folder_mb(staging)
     if size > MAX_MB:
         shutil.rmtree(staging)
@@ -82,6 +83,14 @@ def assemble(source: str | os.PathLike, target: str | os.PathLike = DEFAULT_TARG
         record["eval"] = {"generation": results["generation"], "understanding": results["understanding"],
                           "timing": results["timing"]}
     return record
+
+
+def _drop_local_path(config: Path) -> None:
+    """diffusers records the folder it loaded from (``_name_or_path``); a path of the build machine
+    means nothing in the shipped model."""
+    fields = json.loads(config.read_text(encoding="utf-8"))
+    fields.pop("_name_or_path", None)
+    config.write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _check_loads(target: Path) -> None:
