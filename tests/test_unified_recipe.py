@@ -161,6 +161,22 @@ def test_frozen_modules_follow_the_stage(tiny_parts, tmp_path):
     assert "und_encoder" in names["sft"]
 
 
+def test_task_mix_replaces_the_listed_shares_of_every_stage(tiny_parts, tmp_path):
+    from janusflow.train.stages import stage_preset
+
+    settings = unified.PRESETS["tiny"]
+    start = unified.write_init(tiny_parts, tmp_path / "init", settings)
+    mixed = dataclasses.replace(settings, task_mix={"und": 60.0, "text": 0.0})
+    for stage in unified.STAGE_ORDER:
+        paper = stage_preset(unified.STAGE_PRESETS[stage]).ratio
+        config = unified.train_config(stage, getattr(settings, stage), mixed, start, tmp_path / stage, 0)
+        assert config.stage.ratio == {**paper, "und": 60, "text": 0} and config.stage.ratio["gen"] == paper["gen"]
+        assert unified.train_config(stage, getattr(settings, stage), settings, start, tmp_path / stage, 0).stage.ratio == paper
+    for bad, match in (({"und": 2.5}, "ratio"), ({"vision": 3.0}, "unknown task")):
+        with pytest.raises(ConfigError, match=match):
+            unified.train_config("sft", settings.sft, dataclasses.replace(settings, task_mix=bad), start, tmp_path / "x", 0)
+
+
 def test_assemble_refuses_a_folder_without_vae(tmp_path):
     from janusflow.errors import CheckpointError
     from janusflow.shapes.recipe.assemble import assemble

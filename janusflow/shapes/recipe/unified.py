@@ -104,6 +104,9 @@ class UnifiedSettings:
     und_form_weights: dict[str, float] = dataclasses.field(default_factory=dict)
     # gen: how often each prompt category is drawn for prompt-first captions (relative, 1 if not listed)
     gen_category_weights: dict[str, float] = dataclasses.field(default_factory=dict)
+    # every stage: the share of each task (und, gen, text) in a batch, replacing the stage preset's entry
+    # for the tasks listed, e.g. {"und": 60} for 60 : 70 : 9 in sft; empty: the paper's mixes
+    task_mix: dict[str, float] = dataclasses.field(default_factory=dict)
     eval_prompts: int = 10  # fast evaluation after each segment: prompts a category ...
     eval_images: int = 2  # ... images a prompt ...
     eval_questions: int = 200  # ... and questions on fresh scenes
@@ -263,8 +266,10 @@ def train_config(stage: str, plan: StagePlan, settings: UnifiedSettings, start: 
     from ...train.config import LossConfig, ModelSource, TrainConfig, VAEConfig
     from ...train.stages import stage_preset
 
-    preset = dataclasses.replace(stage_preset(STAGE_PRESETS[stage]), lr=plan.lr, warmup_steps=plan.warmup_steps,
-                                 steps=plan.steps, batch_size=plan.batch_size, decay_steps=plan.decay_steps)
+    preset = stage_preset(STAGE_PRESETS[stage])
+    mix = {task: int(share) if float(share).is_integer() else share for task, share in settings.task_mix.items()}
+    preset = dataclasses.replace(preset, lr=plan.lr, warmup_steps=plan.warmup_steps, steps=plan.steps,
+                                 batch_size=plan.batch_size, decay_steps=plan.decay_steps, ratio={**preset.ratio, **mix})
     config = TrainConfig(
         run_dir=str(stage_dir), seed=seed, model=ModelSource(path=str(start)), vae=VAEConfig(path=str(start / "vae")),
         stage=preset, losses=LossConfig(prompt_dropout=settings.prompt_dropout, repa_weight=settings.repa_weight,
