@@ -177,6 +177,21 @@ def test_task_mix_replaces_the_listed_shares_of_every_stage(tiny_parts, tmp_path
             unified.train_config("sft", settings.sft, dataclasses.replace(settings, task_mix=bad), start, tmp_path / "x", 0)
 
 
+def test_set_parses_switches_numbers_and_tables_of_the_whole_recipe():
+    import argparse
+
+    from janusflow.shapes.recipe.run import with_overrides
+
+    parser = argparse.ArgumentParser()
+    tiny = unified.PRESETS["tiny"]
+    changed = with_overrides(tiny, ["final_eval=false", "seed=7", "task_mix.und=60", "sft.lr=5e-5"], parser)
+    assert (changed.final_eval, changed.seed, changed.task_mix, changed.sft.lr) == (False, 7, {"und": 60.0}, 5e-5)
+    assert with_overrides(changed, ["final_eval=True"], parser).final_eval is True
+    for bad in ("final_eval=maybe", "seed=-1", "sft.colour=3"):
+        with pytest.raises(SystemExit):
+            with_overrides(tiny, [bad], parser)
+
+
 def test_assemble_refuses_a_folder_without_vae(tmp_path):
     from janusflow.errors import CheckpointError
     from janusflow.shapes.recipe.assemble import assemble

@@ -332,13 +332,20 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
 def with_overrides(settings, items: list[str], parser: argparse.ArgumentParser, field: str | None = None,
                    flag: str = "--set"):
     """``settings`` (a dataclass of per-stage settings) with ``STAGE.FIELD=VALUE`` changes (numbers >= 0),
-    ``FIELD=VALUE`` for a numeric setting of the whole recipe (e.g. ``repa_weight=0``) and
+    ``FIELD=VALUE`` for a numeric setting of the whole recipe (e.g. ``repa_weight=0``),
+    ``FIELD=true|false`` for a switch of the whole recipe (e.g. ``final_eval=false``) and
     ``TABLE.KEY=VALUE`` for an entry of a table of numbers (e.g. ``und_form_weights.relation=3``); with
     ``field``, the items are ``STAGE=VALUE`` for that field (``--budget``: max_seconds, > 0)."""
     for item in items:
         key, _, text = item.partition("=")
         stage, _, name = (key, "", field) if field else key.partition(".")
-        if not field and not name and _is_number_field(settings, stage):  # a recipe-wide setting
+        if not field and not name and _is_field_of_type(settings, stage, (bool,)):  # e.g. final_eval=false
+            value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(text.lower())
+            if value is None:
+                parser.error(f"{flag} {item!r}: {stage} takes true or false")
+            settings = dataclasses.replace(settings, **{stage: value})
+            continue
+        if not field and not name and _is_field_of_type(settings, stage, (int, float)):  # a recipe-wide number
             value = _number(type(getattr(settings, stage)), stage, text, item, parser, flag)
             settings = dataclasses.replace(settings, **{stage: value})
             continue
@@ -357,9 +364,9 @@ def with_overrides(settings, items: list[str], parser: argparse.ArgumentParser, 
     return settings
 
 
-def _is_number_field(settings, name: str) -> bool:
+def _is_field_of_type(settings, name: str, types: tuple[type, ...]) -> bool:
     return (dataclasses.is_dataclass(settings) and name in {f.name for f in dataclasses.fields(settings)}
-            and type(getattr(settings, name)) in (int, float))
+            and type(getattr(settings, name)) in types)
 
 
 def _number(kind: type, name: str, text: str, item: str, parser: argparse.ArgumentParser, flag: str,
