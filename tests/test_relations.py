@@ -58,3 +58,9 @@ def test_command_runs_on_the_default_model(capsys):
     out = capsys.readouterr().out
     assert out.splitlines()[0].split() == ["relation", "accuracy", "says", "yes", "questions"]
     assert {line.split()[0] for line in out.splitlines()[1:]} >= {"above", "below", "horizontal", "vertical"}
+
+
+def test_command_says_plainly_when_the_model_is_missing(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        relations.main(["--model", str(tmp_path / "nowhere"), "--questions", "4"])
+    assert stop.value.code == 2 and "model folder not found" in capsys.readouterr().err

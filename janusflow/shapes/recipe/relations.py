@@ -84,11 +84,15 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--questions must be >= 1")
     import torch
 
+    from ...errors import JanusFlowError
     from ...pipeline import DEFAULT_MODEL_DIR
     from ...understanding import JanusFlowChat
 
     torch.set_num_threads(args.threads)
-    chat = JanusFlowChat.from_pretrained(args.model or DEFAULT_MODEL_DIR)
+    try:
+        chat = JanusFlowChat.from_pretrained(args.model or DEFAULT_MODEL_DIR)
+    except JanusFlowError as e:
+        parser.exit(2, f"relations: {e}\n")
     result = relation_accuracy(lambda items: chat.ask_batch(items, max_new_tokens=4),
                                relation_questions(args.questions, args.seed))
     print(f"{'relation':16s} {'accuracy':>8s} {'says yes':>8s} {'questions':>9s}")
