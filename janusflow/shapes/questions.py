@@ -29,7 +29,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .draws import check_weights, pick
-from .world import COLORS, RELATIONS, SHAPES, Obj, Scene, number_word, relation_holds
+from .world import COLORS, RELATIONS, SHAPES, Obj, Placed, Scene, number_word, relation_holds
 
 FORMS: tuple[str, ...] = ("count", "count_of", "color_of", "shape_of", "exists", "relation", "describe")
 YES_NO_FORMS: tuple[str, ...] = ("exists", "relation")
@@ -90,11 +90,15 @@ def questions_for_scene(scene: Scene) -> list[QA]:
         for b in unique:
             if a is b:
                 continue
-            for relation in RELATIONS:
-                question = f"is the {a.color} {a.shape} {relation} the {b.color} {b.shape}?"
-                qas.append(QA("relation", question, _yes_no(relation_holds(a, b, relation))))
+            qas += [relation_question(a, b, relation) for relation in RELATIONS]
     qas.append(QA("describe", DESCRIBE_QUESTION, describe(scene)))
     return qas
+
+
+def relation_question(a: Placed, b: Placed, relation: str) -> QA:
+    """``is the {a} {relation} the {b}?`` with its answer by the >= 8 px rule (both objects unique)."""
+    question = f"is the {a.color} {a.shape} {relation} the {b.color} {b.shape}?"
+    return QA("relation", question, _yes_no(relation_holds(a, b, relation)))
 
 
 def sample_question(rng: np.random.Generator, scene: Scene, form_weights: Mapping[str, float] | None = None) -> QA:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from ..questions import relation_question
 from ..render import render
 from ..sampler import sample_scene
 from ..world import RELATION_OFFSET, RELATIONS, relation_offset
@@ -46,11 +47,10 @@ def relation_questions(n: int, seed: int = 1) -> list[RelationQuestion]:
         if (a.color, a.shape) == (b.color, b.shape):
             continue  # the question could not name one object
         relation = RELATIONS[len(questions) % len(RELATIONS)]
-        offset = relation_offset(a, b, relation)
-        if abs(offset) < RELATION_OFFSET:
+        if abs(relation_offset(a, b, relation)) < RELATION_OFFSET:
             continue
-        text = f"is the {a.color} {a.shape} {relation} the {b.color} {b.shape}?"
-        questions.append(RelationQuestion(render(scene), text, "yes" if offset > 0 else "no", relation))
+        qa = relation_question(a, b, relation)
+        questions.append(RelationQuestion(render(scene), qa.question, qa.answer, relation))
     return questions
 
 
