@@ -69,9 +69,13 @@ class Job:
             done, _ = await asyncio.wait({wrapped}, timeout=max(0.0, self.deadline - time.monotonic()))
         except asyncio.CancelledError:  # the client went away: free the model too
             self.cancel()
+            wrapped.cancel()
             raise
         if not done:
             self.cancel()
+            # Nobody will read the job's late end (Cancelled): drop it here, or the loop logs
+            # "exception was never retrieved" whenever the garbage collector happens to run.
+            wrapped.cancel()
             raise RequestTimeout(f"the request did not finish within {self.timeout_s:g} s")
         return wrapped.result()
 
