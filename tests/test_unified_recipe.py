@@ -161,6 +161,22 @@ def test_frozen_modules_follow_the_stage(tiny_parts, tmp_path):
     assert "und_encoder" in names["sft"]
 
 
+def test_trainable_replaces_every_stages_list(tiny_parts, tmp_path):
+    from janusflow.train.task import JanusFlowTask
+
+    settings = dataclasses.replace(unified.PRESETS["tiny"], repa_weight=0.0,
+                                   trainable=["und_encoder", "und_aligner", "language_model.model.layers.0"])
+    start = unified.write_init(tiny_parts, tmp_path / "init", settings)
+    for stage in unified.STAGE_ORDER:
+        config = unified.train_config(stage, getattr(settings, stage), settings, start, tmp_path / stage, 0)
+        names = set(JanusFlowTask(config, sources=unified.shapes_sources(0, settings)).trainable_parameters())
+        assert {n.removeprefix("model.").split(".")[0] for n in names} == {"und_encoder", "und_aligner", "language_model"}
+        assert all(".layers.0." in n for n in names if "language_model" in n)
+    for bad in (["und_encoders"], ["language_model..layers"], ["gen"]):
+        with pytest.raises(ConfigError, match="trainable"):
+            unified.train_config("sft", settings.sft, dataclasses.replace(settings, trainable=bad), start, tmp_path / "x", 0)
+
+
 def test_task_mix_replaces_the_listed_shares_of_every_stage(tiny_parts, tmp_path):
     from janusflow.train.stages import stage_preset
 
@@ -187,6 +203,8 @@ def test_set_parses_switches_numbers_and_tables_of_the_whole_recipe():
     changed = with_overrides(tiny, ["final_eval=false", "seed=7", "task_mix.und=60", "sft.lr=5e-5"], parser)
     assert (changed.final_eval, changed.seed, changed.task_mix, changed.sft.lr) == (False, 7, {"und": 60.0}, 5e-5)
     assert with_overrides(changed, ["final_eval=True"], parser).final_eval is True
+    assert with_overrides(tiny, ["trainable=und_encoder, und_aligner"], parser).trainable == ["und_encoder", "und_aligner"]
+    assert with_overrides(tiny, ["trainable="], parser).trainable == []
     for bad in ("final_eval=maybe", "seed=-1", "sft.colour=3"):
         with pytest.raises(SystemExit):
             with_overrides(tiny, [bad], parser)

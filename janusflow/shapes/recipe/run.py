@@ -326,14 +326,15 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE", dest="overrides",
                         help="change one setting of a stage's preset, e.g. unified.batch_size=512 or unified.lr=5e-4, "
                              "a numeric setting of the whole recipe, e.g. repa_weight=0, or a table entry, e.g. "
-                             "und_form_weights.relation=3")
+                             "und_form_weights.relation=3, or a list of names, e.g. trainable=und_encoder,und_aligner")
 
 
 def with_overrides(settings, items: list[str], parser: argparse.ArgumentParser, field: str | None = None,
                    flag: str = "--set"):
     """``settings`` (a dataclass of per-stage settings) with ``STAGE.FIELD=VALUE`` changes (numbers >= 0),
     ``FIELD=VALUE`` for a numeric setting of the whole recipe (e.g. ``repa_weight=0``),
-    ``FIELD=true|false`` for a switch of the whole recipe (e.g. ``final_eval=false``) and
+    ``FIELD=true|false`` for a switch of the whole recipe (e.g. ``final_eval=false``), ``FIELD=A,B`` for a
+    list of names (e.g. ``trainable=und_encoder,und_aligner``; empty: the default) and
     ``TABLE.KEY=VALUE`` for an entry of a table of numbers (e.g. ``und_form_weights.relation=3``); with
     ``field``, the items are ``STAGE=VALUE`` for that field (``--budget``: max_seconds, > 0)."""
     for item in items:
@@ -344,6 +345,9 @@ def with_overrides(settings, items: list[str], parser: argparse.ArgumentParser, 
             if value is None:
                 parser.error(f"{flag} {item!r}: {stage} takes true or false")
             settings = dataclasses.replace(settings, **{stage: value})
+            continue
+        if not field and not name and _is_field_of_type(settings, stage, (list,)):  # e.g. trainable=und_encoder,und_aligner
+            settings = dataclasses.replace(settings, **{stage: [part.strip() for part in text.split(",") if part.strip()]})
             continue
         if not field and not name and _is_field_of_type(settings, stage, (int, float)):  # a recipe-wide number
             value = _number(type(getattr(settings, stage)), stage, text, item, parser, flag)
