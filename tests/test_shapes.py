@@ -253,6 +253,25 @@ def test_scene_for_prompt_passes_its_prompt(tag):
             assert score_image(spec, render(s)), (spec.text, s)
 
 
+@pytest.mark.parametrize("tag", CATEGORIES)
+def test_scene_for_prompt_without_distractors_holds_only_what_the_prompt_names(tag):
+    rng = np.random.default_rng(6)
+    sizes = Counter()
+    for spec in all_prompts(tag)[:30]:
+        with_extras = scene_for_prompt(rng, spec)
+        sizes[len(with_extras.objects)] += 1
+        s = scene_for_prompt(rng, spec, distractors=False)
+        named = Counter(x for x in (spec.shape, spec.shape2) if x is not None)
+        if tag == "counting":
+            named = Counter({spec.shape: spec.number})
+        assert Counter(o.shape for o in s.objects) == named, (spec.text, s)
+        if spec.color is not None:
+            assert looks(s.objects)[(spec.shape, spec.color)] == 1
+        assert score_image(spec, render(s)), (spec.text, s)
+    if tag != "counting":  # by default the same prompts also get scenes with more objects
+        assert max(sizes) > (1 if tag in ("single_object", "colors") else 2)
+
+
 def test_blank_image_fails_every_prompt():
     blank = Image.new("RGB", (64, 64), WHITE)
     assert detect_objects(blank) == []

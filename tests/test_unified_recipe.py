@@ -177,6 +177,40 @@ def test_trainable_replaces_every_stages_list(tiny_parts, tmp_path):
             unified.train_config("sft", settings.sft, dataclasses.replace(settings, trainable=bad), start, tmp_path / "x", 0)
 
 
+def test_distractor_share_sets_how_many_prompt_scenes_hold_more_than_the_prompt_names():
+    from janusflow.shapes.prompts import parse_prompt
+    from janusflow.shapes.scorer import detect_objects
+
+    def extras(share: float) -> float:
+        more = 0
+        for i in range(300):
+            sample = unified.generation_sample(np.random.default_rng(i), 1.0, None, share)
+            spec = parse_prompt(sample.caption)
+            named = spec.number if spec.tag == "counting" else 1 + (spec.shape2 is not None)
+            more += len(detect_objects(np.asarray(sample.image))) > named
+        return more / 300
+
+    assert extras(0.0) == 0.0 and 0.45 < extras(1.0) < 0.8 and 0.1 < extras(0.3) < 0.4
+    # a share of 1 draws nothing more: the data stream of runs made before the setting is unchanged
+    from janusflow.shapes.draws import pick
+    from janusflow.shapes.prompts import sample_prompt
+    from janusflow.shapes.render import render
+    from janusflow.shapes.sampler import scene_for_prompt
+    from janusflow.shapes.world import CATEGORIES
+
+    rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+    sample = unified.generation_sample(rng_a, 1.0, None, 1.0)
+    rng_b.random()  # as before the setting: the prompt-first draw, the prompt, its scene
+    prompt = sample_prompt(rng_b, pick(rng_b, CATEGORIES, None))
+    assert sample.caption == prompt.text
+    assert np.array_equal(np.asarray(sample.image), np.asarray(render(scene_for_prompt(rng_b, prompt))))
+    assert rng_a.random() == rng_b.random()
+    settings = unified.PRESETS["tiny"]
+    for bad in ({"distractor_share": 1.5}, {"prompt_first_share": -0.1}):
+        with pytest.raises(ConfigError, match="share"):
+            unified.shapes_sources(0, dataclasses.replace(settings, **bad))
+
+
 def test_task_mix_replaces_the_listed_shares_of_every_stage(tiny_parts, tmp_path):
     from janusflow.train.stages import stage_preset
 

@@ -75,30 +75,36 @@ def sample_scene(rng: np.random.Generator, n_objects: int | None = None) -> Scen
     return place_objects(rng, [random_look(rng) for _ in range(n_objects)])
 
 
-def looks_for_prompt(rng: np.random.Generator, prompt: PromptSpec) -> list[Look]:
-    """The (shape, colour) list of a scene for `prompt`: what it asks for plus allowed distractors."""
+def looks_for_prompt(rng: np.random.Generator, prompt: PromptSpec, distractors: bool = True) -> list[Look]:
+    """The (shape, colour) list of a scene for `prompt`: what it asks for plus allowed distractors
+    (up to 4 objects in all); with ``distractors=False``, only what it names (one object for
+    ``a {shape}`` and ``a {color} {shape}``, two for the two-object forms, the number for counting)."""
     tag, shape = prompt.tag, prompt.shape
     named = [s for s in (prompt.shape, prompt.shape2) if s is not None]
     others = [s for s in SHAPES if s not in named]
+
+    def count(least: int) -> int:  # objects in all: `least` named ones, plus distractors when allowed
+        return _uniform(rng, least, MAX_OBJECTS) if distractors else least
+
     if tag == "single_object":
-        n = _uniform(rng, 1, MAX_OBJECTS)
+        n = count(1)
         looks = [random_look(rng, [shape])] + [random_look(rng) for _ in range(n - 1)]
     elif tag == "two_object":
-        n = _uniform(rng, 2, MAX_OBJECTS)
+        n = count(2)
         looks = [random_look(rng, named[:1]), random_look(rng, named[1:])]
         looks += [random_look(rng) for _ in range(n - 2)]
     elif tag == "counting":
         looks = [random_look(rng, [shape]) for _ in range(prompt.number)]
     elif tag == "colors":
-        n = _uniform(rng, 1, MAX_OBJECTS)
+        n = count(1)
         k = _uniform(rng, 1, n)
         looks = [(shape, prompt.color)] * k + [random_look(rng, others) for _ in range(n - k)]
     elif tag == "position":
-        n = _uniform(rng, 2, MAX_OBJECTS)
+        n = count(2)
         looks = [random_look(rng, named[:1]), random_look(rng, named[1:])]
         looks += [random_look(rng, others) for _ in range(n - 2)]
     elif tag == "color_attr":
-        n = _uniform(rng, 2, MAX_OBJECTS)
+        n = count(2)
         looks = [(shape, prompt.color), (prompt.shape2, prompt.color2)]
         looks += [random_look(rng, others) for _ in range(n - 2)]
     else:
@@ -106,10 +112,11 @@ def looks_for_prompt(rng: np.random.Generator, prompt: PromptSpec) -> list[Look]
     return [looks[i] for i in rng.permutation(len(looks))]
 
 
-def scene_for_prompt(rng: np.random.Generator, prompt: PromptSpec) -> Scene:
-    """A random valid scene that passes `prompt` (scorer rule on the true objects)."""
+def scene_for_prompt(rng: np.random.Generator, prompt: PromptSpec, distractors: bool = True) -> Scene:
+    """A random valid scene that passes `prompt` (scorer rule on the true objects); see
+    :func:`looks_for_prompt` for ``distractors``."""
     for _ in range(MAX_PROMPT_TRIES):
-        scene = place_objects(rng, looks_for_prompt(rng, prompt))
+        scene = place_objects(rng, looks_for_prompt(rng, prompt, distractors))
         if passes(prompt, scene.objects):
             return scene
     raise RuntimeError(f"no scene passing {prompt.text!r} in {MAX_PROMPT_TRIES} tries")

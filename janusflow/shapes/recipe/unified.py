@@ -98,6 +98,9 @@ class UnifiedSettings:
     repa_weight: float = 1.0
     prompt_dropout: float = 0.1
     prompt_first_share: float = 0.75  # gen captions: prompt -> scene_for_prompt; else scene -> caption
+    # prompt-first scenes: the share that hold distractors beside what the prompt names (up to 4
+    # objects); the rest hold only the named objects, what a user asking for two shapes expects
+    distractor_share: float = 1.0
     max_turns: int = 3  # und: questions per conversation, 1..max_turns
     # und: how often each question form is drawn (relative; a form not listed weighs 1), e.g.
     # {"relation": 3, "describe": 3} to train more on the hardest forms; empty: uniform (the spec's mix)
@@ -228,14 +231,16 @@ def understanding_sample(rng: np.random.Generator, max_turns: int = 3, form_weig
 
 
 def generation_sample(rng: np.random.Generator, prompt_first_share: float = 0.75,
-                      category_weights: dict[str, float] | None = None):
+                      category_weights: dict[str, float] | None = None, distractor_share: float = 1.0):
     """An image that passes its caption (a prompt of the six categories, drawn uniformly or in
-    proportion to ``category_weights``, 1 for a category not listed)."""
+    proportion to ``category_weights``, 1 for a category not listed). A prompt-first scene holds
+    distractors beside what the prompt names with probability ``distractor_share``, else only that."""
     from ...train.samples import CaptionSample
 
     if rng.random() < prompt_first_share:
         prompt = sample_prompt(rng, pick(rng, CATEGORIES, category_weights))
-        return CaptionSample(prompt.text, render(scene_for_prompt(rng, prompt)))
+        distractors = distractor_share >= 1.0 or rng.random() < distractor_share  # 1: no draw (the old stream)
+        return CaptionSample(prompt.text, render(scene_for_prompt(rng, prompt, distractors)))
     scene = sample_scene(rng)
     _, caption = caption_for_scene(rng, scene)
     return CaptionSample(caption, render(scene))
@@ -255,10 +260,14 @@ def shapes_sources(seed: int, settings: UnifiedSettings) -> dict[str, Any]:
             check_weights(getattr(settings, field), names, what)
         except ValueError as e:
             raise ConfigError(f"{field}: {e}") from None
+    for field in ("prompt_first_share", "distractor_share"):
+        if not 0.0 <= getattr(settings, field) <= 1.0:
+            raise ConfigError(f"{field} is a share in 0..1, got {getattr(settings, field)}")
     forms, categories = settings.und_form_weights, settings.gen_category_weights
     return {
         "und": lambda i: understanding_sample(sample_rng(seed, "und", i), settings.max_turns, forms),
-        "gen": lambda i: generation_sample(sample_rng(seed, "gen", i), settings.prompt_first_share, categories),
+        "gen": lambda i: generation_sample(sample_rng(seed, "gen", i), settings.prompt_first_share, categories,
+                                           settings.distractor_share),
         "text": lambda i: text_sample(sample_rng(seed, "text", i)),
     }
 
