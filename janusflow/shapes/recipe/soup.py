@@ -1,0 +1,106 @@
+"""A model soup: the weighted mean of the weights of models fine-tuned from one start.
+
+    python -m janusflow.shapes.recipe.soup OUT MODEL_A MODEL_B [...] [--weights 1,1]
+
+Models fine-tuned from the same weights tend to stay in one basin of the loss, so their mean keeps
+much of what each learned (Wortsman et al., 2022, "Model soups"). Here it joins a model that reads
+above/below (a relation phase) with the one it started from, whose generation was better.
+
+    theta_soup = sum_i w_i * theta_i / sum_i w_i
+
+Every folder must hold the same model config, the same tensors (names and shapes) and the same
+VAE (decoding must not change under the soup). OUT gets the first folder's config, tokenizer,
+processor and VAE and the mean in fp32; ``assemble`` then makes the shipped (fp16) model of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ...errors import CheckpointError, ConfigError
+
+WEIGHTS = "model.safetensors"
+VAE = "vae"
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    return load_file(path)
+
+
+def soup(folders: list[str | os.PathLike], out: str | os.PathLike, weights: list[float] | None = None) -> Path:
+    """Write the weighted mean of ``folders``' weights (equal weights by default) to ``out``."""
+    folders = [Path(os.fspath(f)) for f in folders]
+    out = Path(os.fspath(out))
+    weights = [1.0] * len(folders) if weights is None else [float(w) for w in weights]
+    if len(folders) < 2:
+        raise ConfigError("a soup needs at least two model folders")
+    if len(weights) != len(folders) or any(not w > 0 for w in weights):
+        raise ConfigError(f"one positive weight a folder: {len(folders)} folders, weights {weights}")
+    if out.resolve() in {f.resolve() for f in folders}:
+        raise ConfigError(f"{out}: the soup would overwrite one of its ingredients")
+
+    first = folders[0]
+    configs = [json.loads((f / "config.json").read_text(encoding="utf-8")) if (f / "config.json").is_file() else None
+               for f in folders]
+    for folder, config in zip(folders, configs):
+        if config is None:
+            raise CheckpointError(f"{folder}: no config.json (not a model folder)")
+        if config != configs[0]:
+            raise CheckpointError(f"{folder}: its config.json differs from {first}'s; a soup needs one architecture")
+    for folder in folders[1:]:
+        ours, theirs = _tensors(first / VAE / "diffusion_pytorch_model.safetensors"), \
+            _tensors(folder / VAE / "diffusion_pytorch_model.safetensors")
+        if ours.keys() != theirs.keys() or any(not torch.equal(ours[k], theirs[k]) for k in ours):
+            raise CheckpointError(f"{folder}: its VAE differs from {first}'s; the soup's images would not decode alike")
+
+    total, mean = sum(weights), None
+    for folder, w in zip(folders, weights):
+        state = _tensors(folder / WEIGHTS)
+        if mean is None:
+            mean = {k: w * v.float() for k, v in state.items()}
+            continue
+        if state.keys() != mean.keys():
+            diff = sorted(set(state) ^ set(mean))[:5]
+            raise CheckpointError(f"{folder}: its tensors differ from {first}'s (e.g. {diff})")
+        for k, v in state.items():
+            if v.shape != mean[k].shape:
+                raise CheckpointError(f"{folder}: {k} has shape {tuple(v.shape)}, {first} has {tuple(mean[k].shape)}")
+            mean[k] += w * v.float()
+
+    staging = out.parent / f".{out.name}.soup"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(first, staging, ignore=shutil.ignore_patterns("parts", WEIGHTS, "eval_shapes.json"))
+    save_file({k: (v / total).contiguous() for k, v in mean.items()}, staging / WEIGHTS,
+              metadata={"soup": json.dumps({str(f): w for f, w in zip(folders, weights)})})
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", help="the soup's model folder (replaced)")
+    parser.add_argument("models", nargs="+", help="model folders fine-tuned from one start")
+    parser.add_argument("--weights", default=None, help="comma-separated, one a model (default: equal)")
+    args = parser.parse_args(argv)
+    try:
+        weights = None if args.weights is None else [float(w) for w in args.weights.split(",")]
+    except ValueError:
+        parser.error(f"--weights {args.weights!r}: comma-separated numbers")
+    try:
+        print(soup(args.models, args.out, weights))
+    except (ConfigError, CheckpointError) as e:
+        parser.exit(2, f"error: {e}\n")
+
+
+if __name__ == "__main__":
+    main()
