@@ -165,10 +165,10 @@ def build_ui(engine: Engine, worker: ModelWorker, limits: ServeLimits) -> gr.Blo
                 with gr.Column(scale=1):
                     prompt = gr.Textbox(label="Prompt", lines=2, max_length=limits.max_prompt_chars,
                                         elem_id="gen-prompt", placeholder="a red circle above a blue square")
-                    steps = gr.Slider(1, limits.max_steps, value=min(30, limits.max_steps), step=1, label="Steps")
+                    steps = gr.Slider(1, limits.max_steps, value=min(30, limits.max_steps), step=1, label="Steps", elem_id="gen-steps")
                     guidance = gr.Slider(0, limits.max_guidance_scale, value=2.0, step=0.1, label="Guidance")
                     seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="gen-seed-input")
-                    num_images = gr.Slider(1, limits.max_images_per_request, value=1, step=1, label="Images")
+                    num_images = gr.Slider(1, limits.max_images_per_request, value=1, step=1, label="Images", elem_id="gen-images")
                     solver = gr.Dropdown(list(SOLVERS), value="euler", label="Solver")
                     run = gr.Button("Generate", variant="primary", elem_id="gen-button")
                 with gr.Column(scale=2):
