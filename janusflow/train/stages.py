@@ -22,6 +22,7 @@ from ..errors import ConfigError
 NEW_MODULES = ["und_aligner", "boi_embedding", "gen_encoder", "gen_enc_aligner", "gen_decoder",
                "gen_dec_aligner_norm", "gen_dec_aligner"]
 ALL_BUT_UND_ENCODER = NEW_MODULES + ["language_model"]
+MODULES = ["und_encoder", *ALL_BUT_UND_ENCODER]  # every top-level module of JanusFlowModel
 
 
 @dataclass
@@ -40,6 +41,11 @@ class StageConfig:
             raise ConfigError(f"{where}: lr must be > 0, steps and warmup_steps >= 0, batch_size >= 1")
         if not 0 <= self.decay_steps <= self.steps:
             raise ConfigError(f"{where}.decay_steps must be in 0..steps ({self.steps}), got {self.decay_steps}")
+        # a misspelt prefix would silently freeze what it was meant to train
+        bad = [p for p in self.trainable if p and (p.split(".")[0] not in MODULES or not all(p.split(".")))]
+        if bad:
+            raise ConfigError(f"{where}.trainable: unknown module(s) {bad}; the modules are {MODULES} "
+                              "(or dotted names inside them; \"\" for all)")
         unknown = sorted(set(self.ratio) - {"und", "gen", "text"})
         if unknown:
             raise ConfigError(f"{where}.ratio: unknown task(s) {unknown}; tasks are und, gen, text")

@@ -22,18 +22,12 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from ...checkpoint import WEIGHTS, read_safetensors, weight_files
 from ...errors import CheckpointError, ConfigError
 
-WEIGHTS = "model.safetensors"
-VAE = "vae"
-
-
-def _tensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing")
-    return load_file(path)
+VAE_WEIGHTS = Path("vae") / "diffusion_pytorch_model.safetensors"
 
 
 def soup(folders: list[str | os.PathLike], out: str | os.PathLike, weights: list[float] | None = None) -> Path:
@@ -56,15 +50,15 @@ def soup(folders: list[str | os.PathLike], out: str | os.PathLike, weights: list
             raise CheckpointError(f"{folder}: no config.json (not a model folder)")
         if config != configs[0]:
             raise CheckpointError(f"{folder}: its config.json differs from {first}'s; a soup needs one architecture")
+    ours = read_safetensors([first / VAE_WEIGHTS])
     for folder in folders[1:]:
-        ours, theirs = _tensors(first / VAE / "diffusion_pytorch_model.safetensors"), \
-            _tensors(folder / VAE / "diffusion_pytorch_model.safetensors")
+        theirs = read_safetensors([folder / VAE_WEIGHTS])
         if ours.keys() != theirs.keys() or any(not torch.equal(ours[k], theirs[k]) for k in ours):
             raise CheckpointError(f"{folder}: its VAE differs from {first}'s; the soup's images would not decode alike")
 
     total, mean = sum(weights), None
     for folder, w in zip(folders, weights):
-        state = _tensors(folder / WEIGHTS)
+        state = read_safetensors(weight_files(folder))
         if mean is None:
             mean = {k: w * v.float() for k, v in state.items()}
             continue

@@ -283,7 +283,7 @@ def train_config(stage: str, plan: StagePlan, settings: UnifiedSettings, start: 
     mix = {task: int(share) if float(share).is_integer() else share for task, share in settings.task_mix.items()}
     preset = dataclasses.replace(preset, lr=plan.lr, warmup_steps=plan.warmup_steps, steps=plan.steps,
                                  batch_size=plan.batch_size, decay_steps=plan.decay_steps, ratio={**preset.ratio, **mix},
-                                 trainable=check_trainable(settings.trainable) or preset.trainable)
+                                 trainable=list(settings.trainable) or preset.trainable)
     config = TrainConfig(
         run_dir=str(stage_dir), seed=seed, model=ModelSource(path=str(start)), vae=VAEConfig(path=str(start / "vae")),
         stage=preset, losses=LossConfig(prompt_dropout=settings.prompt_dropout, repa_weight=settings.repa_weight,
@@ -292,18 +292,6 @@ def train_config(stage: str, plan: StagePlan, settings: UnifiedSettings, start: 
     config.trainer.save_every = plan.save_every
     config.validate()
     return config
-
-
-def check_trainable(prefixes: list[str]) -> list[str]:
-    """``prefixes`` if each names a module of ``JanusFlowModel`` or one inside it (``und_encoder``,
-    ``language_model.model.layers.3``): a misspelt name would silently freeze what it was meant to train."""
-    from ...train.stages import ALL_BUT_UND_ENCODER
-
-    top = ["und_encoder", *ALL_BUT_UND_ENCODER]
-    bad = [p for p in prefixes if p.split(".")[0] not in top or not all(p.split("."))]
-    if bad:
-        raise ConfigError(f"trainable: unknown module(s) {bad}; the modules are {top} (or dotted names inside them)")
-    return list(prefixes)
 
 
 def carry_repa_head(task, previous_stage_dir: Path) -> bool:
