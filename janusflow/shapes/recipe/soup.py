@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ...checkpoint import WEIGHTS, read_safetensors, weight_files
+from ...checkpoint import CONFIG, WEIGHTS, read_safetensors, weight_files
 from ...errors import CheckpointError, ConfigError
 
 VAE_WEIGHTS = Path("vae") / "diffusion_pytorch_model.safetensors"
@@ -43,13 +43,13 @@ def soup(folders: list[str | os.PathLike], out: str | os.PathLike, weights: list
         raise ConfigError(f"{out}: the soup would overwrite one of its ingredients")
 
     first = folders[0]
-    configs = [json.loads((f / "config.json").read_text(encoding="utf-8")) if (f / "config.json").is_file() else None
-               for f in folders]
-    for folder, config in zip(folders, configs):
-        if config is None:
-            raise CheckpointError(f"{folder}: no config.json (not a model folder)")
-        if config != configs[0]:
-            raise CheckpointError(f"{folder}: its config.json differs from {first}'s; a soup needs one architecture")
+    configs = []
+    for folder in folders:
+        if not (folder / CONFIG).is_file():
+            raise CheckpointError(f"{folder}: no {CONFIG} (not a model folder)")
+        configs.append(json.loads((folder / CONFIG).read_text(encoding="utf-8")))
+        if configs[-1] != configs[0]:
+            raise CheckpointError(f"{folder}: its {CONFIG} differs from {first}'s; a soup needs one architecture")
     ours = read_safetensors([first / VAE_WEIGHTS])
     for folder in folders[1:]:
         theirs = read_safetensors([folder / VAE_WEIGHTS])
