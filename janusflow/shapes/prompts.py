@@ -140,6 +140,20 @@ def sample_prompt(rng: np.random.Generator, tag: str) -> PromptSpec:
     return pick(rng, all_prompts(tag))
 
 
+# The categories whose prompts bind words to each other, and what swapping them means.
+BINDING_SWAPS: dict[str, tuple[str, str]] = {"position": ("shape", "shape2"), "color_attr": ("color", "color2")}
+
+
+def swapped_prompt(prompt: PromptSpec) -> PromptSpec | None:
+    """The same words with their binding swapped ("a circle above a square" -> "a square above a
+    circle", "a red circle and a blue square" -> "a blue circle and a red square"); None for a
+    category without a binding (single object, two objects, counting, colours)."""
+    if prompt.tag not in BINDING_SWAPS:
+        return None
+    a, b = BINDING_SWAPS[prompt.tag]
+    return dataclasses.replace(prompt, **{a: getattr(prompt, b), b: getattr(prompt, a)})
+
+
 def true_prompts(scene: Scene, tag: str) -> list[PromptSpec]:
     """Every prompt of category `tag` that `scene` passes (relations by the >= 8 px rule)."""
     return [p for p in all_prompts(tag) if passes(p, scene.objects)]

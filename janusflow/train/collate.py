@@ -67,6 +67,10 @@ class GenBatch:
     und_pixels: torch.Tensor | None = None  # (B, 3, S, S), REPA target input (uint8 until to_model_inputs)
     und_features: torch.Tensor | None = None  # (B, N, W), cached REPA target
     weight: torch.Tensor | None = None  # (B,) 1 for real rows, 0 for a placeholder row (FSDP), None: all 1
+    # the contrastive term: the rows (not dropped) whose sample has a negative caption, and those captions
+    neg_rows: torch.Tensor | None = None  # (K,) row indices into the batch
+    neg_ids: torch.Tensor | None = None  # (K, L'), left padded, ending with the generation tag
+    neg_mask: torch.Tensor | None = None  # (K, L')
 
 
 @dataclass
@@ -226,6 +230,9 @@ class GenItem:
         self.dropped = bool(torch.rand(1, generator=g) < cfg.prompt_dropout)
         self.t = sample_time(1, cfg.time_distribution, cfg.time_mean, cfg.time_std, generator=g)
         self.x0 = torch.randn(cfg.latent_shape, generator=g)
+        # no random draw: the stream of every other field is the same with or without negatives
+        negative = getattr(sample, "negative", None)
+        self.neg_ids = processor.encode_generation_prompt(negative) if negative and not self.dropped else None
 
 
 def gen_batch(processor, items: list[GenItem]) -> GenBatch:
@@ -244,6 +251,11 @@ def gen_batch(processor, items: list[GenItem]) -> GenBatch:
         return torch.stack(values)
 
     weight = torch.tensor([getattr(item, "weight", 1.0) for item in items])
-    return GenBatch(ids, mask, dropped, torch.stack([i.x0 for i in items]), torch.cat([i.t for i in items]),
-                    latents=stack("latent"), gen_pixels=stack("gen_pixels"), und_pixels=stack("und_pixels"),
-                    und_features=stack("features"), weight=None if bool((weight == 1).all()) else weight)
+    batch = GenBatch(ids, mask, dropped, torch.stack([i.x0 for i in items]), torch.cat([i.t for i in items]),
+                     latents=stack("latent"), gen_pixels=stack("gen_pixels"), und_pixels=stack("und_pixels"),
+                     und_features=stack("features"), weight=None if bool((weight == 1).all()) else weight)
+    rows = [i for i, item in enumerate(items) if getattr(item, "neg_ids", None) is not None]
+    if rows:
+        batch.neg_rows = torch.tensor(rows, dtype=torch.long)
+        batch.neg_ids, batch.neg_mask = left_pad([items[i].neg_ids for i in rows], processor.pad_id)
+    return batch

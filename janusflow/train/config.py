@@ -6,7 +6,8 @@
     vae:     {path: ...}            # a diffusers AutoencoderKL folder
     stage:   sft                    # a preset name, or {preset: sft, steps: 100, ...}, or every field
     losses:  {prompt_dropout: 0.1, time_distribution: logit_normal, time_mean: 0, time_std: 1,
-              repa_weight: 1.0, repa_layer: 6, repa_hidden: null}
+              repa_weight: 1.0, repa_layer: 6, repa_hidden: null,
+              negative_weight: 0, negative_margin: 0.01, negative_max_t: 0.5}   # see train/losses.py
     data:    {und: [...], gen: [...], text: [...]}   # .jsonl files, .tar shards, globs or folders
     lora:    {enabled: false, r: 16, alpha: 32, ...}
     trainer: {grad_accum: 1, ema_decay: 0.99, save_every: 100, ...}
@@ -54,6 +55,10 @@ class LossConfig:
     repa_weight: float = 1.0  # 0 turns REPA off
     repa_layer: int = 6  # hidden states after LLM block k (1-based)
     repa_hidden: int | None = None  # projector width; None: the LLM width
+    # the contrastive term on samples with a negative caption (losses.py; 0: off, the paper's recipe)
+    negative_weight: float = 0.0
+    negative_margin: float = 0.01  # m, in units of the per-sample flow MSE
+    negative_max_t: float = 0.5  # the term applies where t < this (the noisy half, where layouts form)
 
     def validate(self) -> None:
         if not 0.0 <= self.prompt_dropout <= 1.0:
@@ -63,6 +68,8 @@ class LossConfig:
                               f"got {self.time_distribution!r}")
         if self.time_std <= 0 or self.repa_weight < 0 or self.repa_layer < 1:
             raise ConfigError("losses: time_std must be > 0, repa_weight >= 0, repa_layer >= 1")
+        if self.negative_weight < 0 or self.negative_margin <= 0 or not 0 < self.negative_max_t <= 1:
+            raise ConfigError("losses: negative_weight must be >= 0, negative_margin > 0, negative_max_t in (0, 1]")
 
 
 @dataclass

@@ -10,6 +10,16 @@ micro-batches, all processes), so each term is a mean over the global batch what
 H_k: the LLM hidden states of the N latent tokens after block k; h_phi: a 3-layer MLP (training
 state, not part of the released model); f_enc: the understanding encoder on the clean image, no
 gradient. 1 - cos is the paper's -cos shifted by a constant: same gradient, and 0 at alignment.
+
+An optional fourth term (ours, not the paper's; off unless ``losses.negative_weight > 0``) teaches
+a prompt's details, not just its words. For a sample whose caption c has a *negative* c' (a caption
+false of the image, e.g. its two shapes swapped), on the same x0, t and x1:
+    NEG  = (1 / #negatives) * sum_samples m * softplus((e(c) - e(c')) / m),  t < t_max only
+    e(c) = mean_elements (v_theta(x_t, t | c) - (x1 - x0))^2
+a soft hinge (margin m) asking the true caption to explain the image better than the negative.
+The noise in e that no prompt can predict is the same in both, so it cancels: the term is a clean
+signal where the flow loss barely moves (a model that reads a prompt as a bag of words scores the
+same e for both). Above t_max the image itself decides the velocity, and the term stays off.
 """
 
 from __future__ import annotations
@@ -28,21 +38,32 @@ def next_token_ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
                            ignore_index=IGNORE, reduction="sum")
 
 
-def _weighted_sum(per_sample: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+def weighted_sum(per_sample: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
     return per_sample.sum() if weight is None else (per_sample * weight.to(per_sample)).sum()
 
 
 def rectified_flow_sum(velocity: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor,
                        weight: torch.Tensor | None = None) -> torch.Tensor:
     """Sum over samples of the per-sample MSE to the straight-line velocity x1 - x0."""
-    error = (velocity.float() - velocity_target(x0, x1).float()) ** 2  # (B, C, H, W)
-    return _weighted_sum(error.flatten(1).mean(dim=1), weight)
+    return weighted_sum(flow_errors(velocity, x0, x1), weight)
+
+
+def flow_errors(velocity: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+    """(B,) per-sample MSE to the straight-line velocity x1 - x0 (the RF loss before the sum)."""
+    return ((velocity.float() - velocity_target(x0, x1).float()) ** 2).flatten(1).mean(dim=1)
+
+
+def negative_prompt_sum(error_true: torch.Tensor, error_negative: torch.Tensor, margin: float,
+                        active: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum over samples of m * softplus((e(c) - e(c')) / m), both (K,); ``active`` (K,) 0/1 masks rows."""
+    hinge = margin * F.softplus((error_true - error_negative) / margin)
+    return hinge.sum() if active is None else (hinge * active.to(hinge)).sum()
 
 
 def repa_sum(projected: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Sum over samples of the token-mean (1 - cosine similarity); both (B, N, W)."""
     cosine = F.cosine_similarity(projected.float(), target.float(), dim=-1)  # (B, N)
-    return _weighted_sum((1.0 - cosine).mean(dim=1), weight)
+    return weighted_sum((1.0 - cosine).mean(dim=1), weight)
 
 
 class RepaProjector(nn.Module):

@@ -7,7 +7,8 @@ the shapes world, which can stream samples without writing files):
   next-token cross-entropy on the Assistant turns only.
 * :class:`CaptionSample` (``gen``): an image and its caption; the loss is rectified flow on the
   image's VAE latent given the caption (and REPA). ``latent`` / ``und_features`` may be given
-  precomputed (the cache), then ``image`` is not read.
+  precomputed (the cache), then ``image`` is not read. An optional ``negative`` caption, one that
+  is *false* of the image, adds the contrastive term of :mod:`.losses` (when its weight is on).
 * :class:`TextSample` (``text``): plain text; cross-entropy on every token.
 
 Records (one JSON object per jsonl line, or per tar-shard key):
@@ -16,7 +17,8 @@ Records (one JSON object per jsonl line, or per tar-shard key):
   [{"from": "human", "value": "<image>\\nWhat is ...?"}, {"from": "gpt", "value": "..."}, ...]}``;
   or ours: ``{"images": [...], "messages": [{"role": "User", "content": "<image_placeholder>..."},
   {"role": "Assistant", "content": "..."}]}``. Optional ``"system"``: a system prompt.
-* generation: ``{"image": "a.jpg", "caption": "..."}`` (``"prompt"`` or ``"text"`` also accepted).
+* generation: ``{"image": "a.jpg", "caption": "..."}`` (``"prompt"`` or ``"text"`` also accepted);
+  optional ``"negative": "..."``, a caption the image does not match (e.g. its objects swapped).
 * text: ``{"text": "..."}``.
 Relative image paths are relative to the jsonl file's folder.
 """
@@ -52,6 +54,7 @@ class CaptionSample:
     image: ImageInput | None = None
     latent: torch.Tensor | None = None  # (C, H, W), already times the VAE scaling factor
     und_features: torch.Tensor | None = None  # (N, W) REPA target of the same crop
+    negative: str | None = None  # a caption false of the image: the contrastive term's other prompt
 
 
 @dataclass
@@ -104,7 +107,12 @@ def caption_from_record(record: dict[str, Any], base: Path | None = None) -> Cap
         raise InputError("a generation record needs a non-empty 'caption'")
     if "image" not in record:
         raise InputError("a generation record needs an 'image'")
-    return CaptionSample(caption, _image_ref(record["image"], base))
+    negative = record.get("negative")
+    if negative is not None and (not isinstance(negative, str) or not negative.strip()):
+        raise InputError("a generation record's 'negative' must be a non-empty caption")
+    if negative is not None and negative.strip() == caption.strip():
+        raise InputError("a generation record's 'negative' caption is its own caption")
+    return CaptionSample(caption, _image_ref(record["image"], base), negative=negative)
 
 
 def text_from_record(record: dict[str, Any], base: Path | None = None) -> TextSample:

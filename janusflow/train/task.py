@@ -5,7 +5,8 @@ ratio of the stage's mix; each part runs its own forward pass:
   und:  ids with images -> LLM -> logits -> CE on answer tokens
   text: ids -> LLM -> logits -> CE on every token after BOS
   gen:  [prompt[:-1], t_emb, N latent tokens] -> LLM -> velocity -> RF; hidden states after block k
-        -> REPA projector -> cosine with the understanding encoder's features of the clean image
+        -> REPA projector -> cosine with the understanding encoder's features of the clean image;
+        rows with a negative caption run again with it on the same x_t -> the contrastive term
 The losses are defined in :mod:`.losses`; the batch layout in :mod:`.collate`.
 """
 
@@ -27,7 +28,7 @@ from . import lora as lora_utils
 from .collate import (IGNORE, CollateConfig, GenItem, JanusFlowBatch, ce_batch, encode_conversation, encode_text,
                       gen_batch, to_model_inputs, und_batch)
 from .config import LossConfig, TrainConfig
-from .losses import RepaProjector, next_token_ce_sum, rectified_flow_sum, repa_sum
+from .losses import RepaProjector, flow_errors, negative_prompt_sum, next_token_ce_sum, repa_sum, weighted_sum
 from ..tokenizer_build import IMAGE_TOKEN
 from .samples import TASKS, CaptionSample, ConversationSample, TextSample
 from .sources import Epochs, Mixture, open_source
@@ -62,7 +63,8 @@ class JanusFlowObjective(nn.Module):
 
     def forward(self, batch: JanusFlowBatch, totals: dict[str, float]):
         model, zero = self.model, self.model.boi_embedding.new_zeros(())
-        ce_und = ce_text = rf = repa = zero
+        ce_und = ce_text = rf = repa = neg = zero
+        neg_logs: dict[str, torch.Tensor] = {}
         if batch.und is not None:
             b = batch.und
             logits = model.forward_understanding(b.input_ids, b.attention_mask, b.pixel_values, b.images_seq_mask,
@@ -72,10 +74,11 @@ class JanusFlowObjective(nn.Module):
             b = batch.text
             ce_text = next_token_ce_sum(model.forward_understanding(b.input_ids, b.attention_mask).logits, b.labels)
         if batch.gen is not None:
-            rf, repa = self._flow_terms(batch.gen)
+            rf, repa, neg, neg_logs = self._flow_terms(batch.gen)
         ce = share(ce_und + ce_text, totals, "ce_tokens")
         rf_mean, repa_mean = share(rf, totals, "gen_samples"), share(repa, totals, "gen_samples")
-        loss = ce + rf_mean + self.losses.repa_weight * repa_mean
+        neg_mean = share(neg, totals, "neg_samples")
+        loss = ce + rf_mean + self.losses.repa_weight * repa_mean + self.losses.negative_weight * neg_mean
         logs: dict[str, float] = {}  # keys chosen from the global totals: the same on every process
         if totals.get("ce_tokens", 0) > 0:
             logs["ce"] = float(ce.detach())
@@ -86,7 +89,15 @@ class JanusFlowObjective(nn.Module):
             logs["rf"] = float(rf_mean.detach())
             if self.repa_head is not None:
                 logs["repa"] = float(repa_mean.detach())
+        if self.uses_negatives and totals.get("neg_samples", 0) > 0:
+            logs["neg"] = float(neg_mean.detach())
+            # how often the true caption explains the image better than its negative (t < t_max rows)
+            logs["neg_win"] = float(share(neg_logs.get("wins", zero), totals, "neg_samples"))
         return loss, logs
+
+    @property
+    def uses_negatives(self) -> bool:
+        return self.losses.negative_weight > 0
 
     def _flow_terms(self, g):
         model = self.model
@@ -100,16 +111,37 @@ class JanusFlowObjective(nn.Module):
         out = model.forward_generation(prefix, x_t, g.t * TIME_SCALE, attention_mask=mask,
                                        position_ids=position_ids_from_left_padding(mask),
                                        output_hidden_states=self.repa_head is not None)
-        rf = rectified_flow_sum(out.velocity, g.x0, x1, g.weight)
+        errors = flow_errors(out.velocity, g.x0, x1)  # (B,)
+        rf = weighted_sum(errors, g.weight)
+        neg, neg_logs = self._negative_term(g, x_t, errors, N)
         if self.repa_head is None:
-            return rf, rf.new_zeros(())
+            return rf, rf.new_zeros(()), neg, neg_logs
         projected = self.repa_head(out.hidden_states[self.losses.repa_layer][:, -N:])  # (B, N, W)
         if g.und_features is not None:
             target = g.und_features
         else:
             with torch.no_grad():  # no gradient into the understanding encoder
                 target = model.und_encoder(g.und_pixels.to(projected.dtype))  # (B, N, W)
-        return rf, repa_sum(projected, target, g.weight)
+        return rf, repa_sum(projected, target, g.weight), neg, neg_logs
+
+    def _negative_term(self, g, x_t: torch.Tensor, errors: torch.Tensor, N: int):
+        """The contrastive term's sum over the rows with a negative caption (t < t_max), and its wins."""
+        zero = errors.new_zeros(())
+        if not self.uses_negatives or g.neg_rows is None:
+            return zero, {}
+        rows = g.neg_rows
+        K, L = g.neg_ids.shape
+        ones = torch.ones(K, 1 + N, dtype=g.neg_mask.dtype, device=g.neg_mask.device)
+        mask = torch.cat([g.neg_mask[:, : L - 1], ones], dim=1)
+        out = self.model.forward_generation(self.model.embed_prompt(g.neg_ids), x_t[rows], g.t[rows] * TIME_SCALE,
+                                            attention_mask=mask, position_ids=position_ids_from_left_padding(mask))
+        error_negative = flow_errors(out.velocity, g.x0[rows], g.latents[rows])  # (K,)
+        active = (g.t[rows] < self.losses.negative_max_t).float()
+        if g.weight is not None:
+            active = active * g.weight[rows].to(active)
+        neg = negative_prompt_sum(errors[rows], error_negative, self.losses.negative_margin, active)
+        wins = ((errors[rows] < error_negative).float() * active).sum().detach()
+        return neg, {"wins": wins}
 
 
 def build_model(config: TrainConfig) -> tuple[JanusFlowModel, JanusFlowProcessor]:
@@ -272,7 +304,7 @@ class JanusFlowTask:
 
     def counts(self, batch: JanusFlowBatch) -> dict[str, float]:
         counts = {"samples": 0.0, "tokens": 0.0, "ce_tokens": 0.0, "ce_und_tokens": 0.0, "ce_text_tokens": 0.0,
-                  "gen_samples": 0.0, "skipped": float(batch.skipped)}
+                  "gen_samples": 0.0, "neg_samples": 0.0, "skipped": float(batch.skipped)}
         for key, part in (("und", batch.und), ("text", batch.text)):
             if part is not None and key not in batch.placeholders:
                 counts["samples"] += part.input_ids.shape[0]
@@ -285,6 +317,11 @@ class JanusFlowTask:
             counts["samples"] += rows
             counts["gen_samples"] = float(rows)
             counts["tokens"] += float(g.attention_mask.sum()) + rows * self.model.config.num_image_tokens
+            if self.module.uses_negatives and g.neg_rows is not None:  # the contrastive term's rows
+                active = g.t[g.neg_rows] < self.config.losses.negative_max_t
+                if g.weight is not None:
+                    active &= g.weight[g.neg_rows] > 0
+                counts["neg_samples"] = float(active.sum())
         return counts
 
     def state_dict(self) -> dict[str, Any]:

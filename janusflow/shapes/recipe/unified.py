@@ -55,11 +55,12 @@ import torch
 
 from ...config import JanusFlowConfig
 from ...errors import ConfigError
-from ..prompts import caption_for_scene, sample_prompt
+from ..prompts import caption_for_scene, parse_prompt, sample_prompt, swapped_prompt
 from ..draws import check_weights, pick
 from ..questions import FORMS, sample_question
 from ..render import render
 from ..sampler import sample_scene, scene_for_prompt
+from ..scorer import passes
 from ..world import CATEGORIES
 from .corpus import sample_text
 from .parts import config_from_parts, gen_vision_for, load_parts, und_vision_config
@@ -97,6 +98,11 @@ class UnifiedSettings:
     repa_layer: int = 2  # REPA aligns the hidden states after this LLM block (of 4)
     repa_weight: float = 1.0
     prompt_dropout: float = 0.1
+    # the contrastive term (train/losses.py): position and colour-attribution captions against their
+    # swapped twins; 0 turns it off (the paper's recipe)
+    negative_weight: float = 0.0
+    negative_margin: float = 0.01
+    negative_max_t: float = 0.5
     prompt_first_share: float = 0.75  # gen captions: prompt -> scene_for_prompt; else scene -> caption
     # prompt-first scenes: the share that hold distractors beside what the prompt names (up to 4
     # objects); the rest hold only the named objects, what a user asking for two shapes expects
@@ -231,19 +237,26 @@ def understanding_sample(rng: np.random.Generator, max_turns: int = 3, form_weig
 
 
 def generation_sample(rng: np.random.Generator, prompt_first_share: float = 0.75,
-                      category_weights: dict[str, float] | None = None, distractor_share: float = 1.0):
+                      category_weights: dict[str, float] | None = None, distractor_share: float = 1.0,
+                      negatives: bool = False):
     """An image that passes its caption (a prompt of the six categories, drawn uniformly or in
     proportion to ``category_weights``, 1 for a category not listed). A prompt-first scene holds
-    distractors beside what the prompt names with probability ``distractor_share``, else only that."""
+    distractors beside what the prompt names with probability ``distractor_share``, else only that.
+    ``negatives``: a position or colour-attribution caption carries its swapped twin as the negative
+    when the scene fails it (the contrastive term); no random draw, so the stream is the same."""
     from ...train.samples import CaptionSample
 
     if rng.random() < prompt_first_share:
         prompt = sample_prompt(rng, pick(rng, CATEGORIES, category_weights))
         distractors = distractor_share >= 1.0 or rng.random() < distractor_share  # 1: no draw (the old stream)
-        return CaptionSample(prompt.text, render(scene_for_prompt(rng, prompt, distractors)))
-    scene = sample_scene(rng)
-    _, caption = caption_for_scene(rng, scene)
-    return CaptionSample(caption, render(scene))
+        scene = scene_for_prompt(rng, prompt, distractors)
+    else:
+        scene = sample_scene(rng)
+        prompt = parse_prompt(caption_for_scene(rng, scene)[1])
+    negative = swapped_prompt(prompt) if negatives else None
+    if negative is not None and passes(negative, scene.objects):  # both hold (a distractor): no contrast
+        negative = None
+    return CaptionSample(prompt.text, render(scene), negative=None if negative is None else negative.text)
 
 
 def text_sample(rng: np.random.Generator):
@@ -267,7 +280,7 @@ def shapes_sources(seed: int, settings: UnifiedSettings) -> dict[str, Any]:
     return {
         "und": lambda i: understanding_sample(sample_rng(seed, "und", i), settings.max_turns, forms),
         "gen": lambda i: generation_sample(sample_rng(seed, "gen", i), settings.prompt_first_share, categories,
-                                           settings.distractor_share),
+                                           settings.distractor_share, settings.negative_weight > 0),
         "text": lambda i: text_sample(sample_rng(seed, "text", i)),
     }
 
@@ -287,7 +300,9 @@ def train_config(stage: str, plan: StagePlan, settings: UnifiedSettings, start: 
     config = TrainConfig(
         run_dir=str(stage_dir), seed=seed, model=ModelSource(path=str(start)), vae=VAEConfig(path=str(start / "vae")),
         stage=preset, losses=LossConfig(prompt_dropout=settings.prompt_dropout, repa_weight=settings.repa_weight,
-                                        repa_layer=settings.repa_layer))
+                                        repa_layer=settings.repa_layer, negative_weight=settings.negative_weight,
+                                        negative_margin=settings.negative_margin,
+                                        negative_max_t=settings.negative_max_t))
     config.trainer.ema_decay = plan.ema_decay
     config.trainer.save_every = plan.save_every
     config.validate()
