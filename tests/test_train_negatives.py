@@ -12,7 +12,7 @@ import torch
 from janusflow.errors import ConfigError, InputError
 from janusflow.flow import TIME_SCALE, interpolate
 from janusflow.processor import position_ids_from_left_padding
-from janusflow.shapes.prompts import PromptSpec, parse_prompt, swapped_prompt
+from janusflow.shapes.prompts import PromptSpec, edited_prompts, parse_prompt, swapped_prompt
 from janusflow.shapes.scorer import detect_objects, passes
 from janusflow.train import Shard
 from janusflow.train.config import load_config
@@ -145,7 +145,7 @@ def test_shapes_generation_samples_carry_a_negative_false_of_their_image():
     seen = 0
     for i in range(60):
         weights = {"position": 5, "color_attr": 5}
-        sample = generation_sample(np.random.default_rng([7, i]), 0.75, weights, 1.0, negatives=True)
+        sample = generation_sample(np.random.default_rng([7, i]), 0.75, weights, 1.0, negatives="swap")
         plain = generation_sample(np.random.default_rng([7, i]), 0.75, weights, 1.0)
         assert sample.caption == plain.caption and np.array_equal(np.asarray(sample.image), np.asarray(plain.image))
         assert plain.negative is None
@@ -157,3 +157,39 @@ def test_shapes_generation_samples_carry_a_negative_false_of_their_image():
             assert negative == swapped_prompt(parse_prompt(sample.caption))
             assert not passes(negative, found)
     assert seen >= 20
+
+
+def test_edited_prompts_are_one_edit_away_and_grouped_by_kind():
+    prompt = parse_prompt("a red circle and a blue square")
+    edits = edited_prompts(prompt)
+    assert set(edits) == {"swap", "shape", "color"}
+    assert [p.text for p in edits["swap"]] == ["a blue circle and a red square"]
+    assert sorted(p.text for p in edits["shape"]) == ["a red circle and a blue triangle", "a red triangle and a blue square"]
+    assert len(edits["color"]) == 2 * 4  # each colour by one of the 4 others that are not the other colour
+    for kind, group in edits.items():
+        for edit in group:
+            changed = [k for k, v in edit.fields.items() if v != prompt.fields[k]]
+            assert len(changed) == (2 if kind == "swap" else 1)
+    position = edited_prompts(parse_prompt("a circle above a square"))
+    assert set(position) == {"swap", "shape", "relation"} and len(position["relation"]) == 3
+    assert edited_prompts(parse_prompt("three circles")) == {}
+
+
+def test_edit_negatives_are_drawn_from_their_own_stream():
+    from janusflow.shapes.recipe.unified import generation_sample
+
+    kinds = set()
+    for i in range(40):
+        args = (0.75, {"position": 5, "color_attr": 5}, 1.0)
+        sample = generation_sample(np.random.default_rng([7, i]), *args, "edits", np.random.default_rng([9, i]))
+        again = generation_sample(np.random.default_rng([7, i]), *args, "edits", np.random.default_rng([9, i]))
+        plain = generation_sample(np.random.default_rng([7, i]), *args)
+        assert (sample.caption, sample.negative) == (again.caption, again.negative) and sample.caption == plain.caption
+        if sample.negative is not None:
+            prompt, negative = parse_prompt(sample.caption), parse_prompt(sample.negative)
+            kind = next(k for k, group in edited_prompts(prompt).items() if negative in group)
+            kinds.add(kind)
+            assert not passes(negative, detect_objects(sample.image))
+    assert kinds == {"swap", "shape", "color", "relation"}
+    with pytest.raises(ConfigError, match="negatives"):
+        generation_sample(np.random.default_rng(0), 0.75, None, 1.0, "everything")

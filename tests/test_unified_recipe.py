@@ -239,6 +239,9 @@ def test_set_parses_switches_numbers_and_tables_of_the_whole_recipe():
     assert with_overrides(changed, ["final_eval=True"], parser).final_eval is True
     assert with_overrides(tiny, ["trainable=und_encoder, und_aligner"], parser).trainable == ["und_encoder", "und_aligner"]
     assert with_overrides(tiny, ["trainable="], parser).trainable == []
+    assert with_overrides(tiny, ["negatives=edits"], parser).negatives == "edits"  # a word, checked where used
+    with pytest.raises(ConfigError, match="negatives"):
+        unified.shapes_sources(0, with_overrides(tiny, ["negatives=all"], parser))
     for bad in ("final_eval=maybe", "seed=-1", "sft.colour=3"):
         with pytest.raises(SystemExit):
             with_overrides(tiny, [bad], parser)

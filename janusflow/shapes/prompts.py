@@ -154,6 +154,30 @@ def swapped_prompt(prompt: PromptSpec) -> PromptSpec | None:
     return dataclasses.replace(prompt, **{a: getattr(prompt, b), b: getattr(prompt, a)})
 
 
+def edited_prompts(prompt: PromptSpec) -> dict[str, list[PromptSpec]]:
+    """The prompts of the same category one edit away, by kind of edit: "swap" (the swapped twin),
+    "shape", "color" and "relation" (one such word replaced by another allowed one: "a red circle
+    and a blue square" -> "... a blue triangle", "a green circle and ..."); empty for a category
+    without a binding."""
+    twin = swapped_prompt(prompt)
+    if twin is None:
+        return {}
+    edits: dict[str, list[PromptSpec]] = {"swap": [twin]}
+    for kind, names, vocab in (("shape", ("shape", "shape2"), SHAPES), ("color", ("color", "color2"), COLORS),
+                               ("relation", ("relation",), RELATIONS)):
+        for name in names:
+            if getattr(prompt, name) is None:
+                continue
+            for value in vocab:
+                try:
+                    edit = dataclasses.replace(prompt, **{name: value})
+                except ValueError:  # the two shapes (or colours) of a prompt must differ
+                    continue
+                if edit != prompt:
+                    edits.setdefault(kind, []).append(edit)
+    return edits
+
+
 def true_prompts(scene: Scene, tag: str) -> list[PromptSpec]:
     """Every prompt of category `tag` that `scene` passes (relations by the >= 8 px rule)."""
     return [p for p in all_prompts(tag) if passes(p, scene.objects)]

@@ -333,7 +333,8 @@ def with_overrides(settings, items: list[str], parser: argparse.ArgumentParser, 
                    flag: str = "--set"):
     """``settings`` (a dataclass of per-stage settings) with ``STAGE.FIELD=VALUE`` changes (numbers >= 0),
     ``FIELD=VALUE`` for a numeric setting of the whole recipe (e.g. ``repa_weight=0``),
-    ``FIELD=true|false`` for a switch of the whole recipe (e.g. ``final_eval=false``), ``FIELD=A,B`` for a
+    ``FIELD=true|false`` for a switch of the whole recipe (e.g. ``final_eval=false``), ``FIELD=WORD`` for a
+    choice of the whole recipe (e.g. ``negatives=edits``; checked where it is used), ``FIELD=A,B`` for a
     list of names (e.g. ``trainable=und_encoder,und_aligner``; empty: the default) and
     ``TABLE.KEY=VALUE`` for an entry of a table of numbers (e.g. ``und_form_weights.relation=3``); with
     ``field``, the items are ``STAGE=VALUE`` for that field (``--budget``: max_seconds, > 0)."""
@@ -348,6 +349,9 @@ def with_overrides(settings, items: list[str], parser: argparse.ArgumentParser, 
             continue
         if not field and not name and _is_field_of_type(settings, stage, (list,)):  # e.g. trainable=und_encoder,und_aligner
             settings = dataclasses.replace(settings, **{stage: [part.strip() for part in text.split(",") if part.strip()]})
+            continue
+        if not field and not name and _is_field_of_type(settings, stage, (str,)):  # a word, e.g. negatives=edits
+            settings = dataclasses.replace(settings, **{stage: text.strip()})
             continue
         if not field and not name and _is_field_of_type(settings, stage, (int, float)):  # a recipe-wide number
             value = _number(type(getattr(settings, stage)), stage, text, item, parser, flag)

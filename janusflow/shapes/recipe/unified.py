@@ -55,7 +55,7 @@ import torch
 
 from ...config import JanusFlowConfig
 from ...errors import ConfigError
-from ..prompts import caption_for_scene, parse_prompt, sample_prompt, swapped_prompt
+from ..prompts import caption_for_scene, edited_prompts, parse_prompt, sample_prompt, swapped_prompt
 from ..draws import check_weights, pick
 from ..questions import FORMS, sample_question
 from ..render import render
@@ -70,7 +70,8 @@ STAGE_PRESETS = {"adapt": "adaptation", "unified": "pretrain", "sft": "sft"}
 STAGE_ORDER = ("adapt", "unified", "sft")
 INIT = "init"  # RUN_DIR/init: the parts put together, the model adaptation starts from
 EVAL_SEED = 30_000_001  # fast evaluations: fresh prompts' noise and fresh scenes
-TASK_CODES = {"und": 1, "gen": 2, "text": 3}
+TASK_CODES = {"und": 1, "gen": 2, "text": 3, "negative": 4}
+NEGATIVES = ("swap", "edits")  # the kinds of negative caption (generation_sample)
 
 
 @dataclass
@@ -101,6 +102,7 @@ class UnifiedSettings:
     # the contrastive term (train/losses.py): position and colour-attribution captions against their
     # swapped twins; 0 turns it off (the paper's recipe)
     negative_weight: float = 0.0
+    negatives: str = "swap"  # "swap": the swapped twin; "edits": one of the prompts one edit away
     negative_margin: float = 0.01
     negative_max_t: float = 0.5
     prompt_first_share: float = 0.75  # gen captions: prompt -> scene_for_prompt; else scene -> caption
@@ -238,12 +240,15 @@ def understanding_sample(rng: np.random.Generator, max_turns: int = 3, form_weig
 
 def generation_sample(rng: np.random.Generator, prompt_first_share: float = 0.75,
                       category_weights: dict[str, float] | None = None, distractor_share: float = 1.0,
-                      negatives: bool = False):
+                      negatives: str = "", negative_rng: np.random.Generator | None = None):
     """An image that passes its caption (a prompt of the six categories, drawn uniformly or in
     proportion to ``category_weights``, 1 for a category not listed). A prompt-first scene holds
     distractors beside what the prompt names with probability ``distractor_share``, else only that.
-    ``negatives``: a position or colour-attribution caption carries its swapped twin as the negative
-    when the scene fails it (the contrastive term); no random draw, so the stream is the same."""
+    ``negatives`` (the contrastive term's other caption, for position and colour-attribution
+    captions, always false of the scene): "swap", the swapped twin; "edits", one prompt one edit away
+    drawn by ``negative_rng`` (a kind of edit uniformly: the twin, a shape, a colour or a relation
+    replaced; then one of that kind); "": none.
+    ``rng`` draws the same whatever ``negatives`` is, so the stream of samples does not change."""
     from ...train.samples import CaptionSample
 
     if rng.random() < prompt_first_share:
@@ -253,9 +258,16 @@ def generation_sample(rng: np.random.Generator, prompt_first_share: float = 0.75
     else:
         scene = sample_scene(rng)
         prompt = parse_prompt(caption_for_scene(rng, scene)[1])
-    negative = swapped_prompt(prompt) if negatives else None
-    if negative is not None and passes(negative, scene.objects):  # both hold (a distractor): no contrast
-        negative = None
+    if negatives not in NEGATIVES + ("",):
+        raise ConfigError(f"negatives must be one of {NEGATIVES} or empty, got {negatives!r}")
+    twin = swapped_prompt(prompt)
+    groups = edited_prompts(prompt) if negatives == "edits" else {"swap": [twin]} if negatives and twin else {}
+    groups = {kind: [p for p in edits if not passes(p, scene.objects)]  # a distractor may make one hold
+              for kind, edits in groups.items()}
+    groups = {kind: edits for kind, edits in groups.items() if edits}
+    negative = None
+    if groups:  # a kind of edit, then an edit of that kind, uniformly
+        negative = groups["swap"][0] if negatives == "swap" else pick(negative_rng, pick(negative_rng, list(groups.values())))
     return CaptionSample(prompt.text, render(scene), negative=None if negative is None else negative.text)
 
 
@@ -273,6 +285,8 @@ def shapes_sources(seed: int, settings: UnifiedSettings) -> dict[str, Any]:
             check_weights(getattr(settings, field), names, what)
         except ValueError as e:
             raise ConfigError(f"{field}: {e}") from None
+    if settings.negatives not in NEGATIVES:
+        raise ConfigError(f"negatives must be one of {NEGATIVES}, got {settings.negatives!r}")
     for field in ("prompt_first_share", "distractor_share"):
         if not 0.0 <= getattr(settings, field) <= 1.0:
             raise ConfigError(f"{field} is a share in 0..1, got {getattr(settings, field)}")
@@ -280,7 +294,9 @@ def shapes_sources(seed: int, settings: UnifiedSettings) -> dict[str, Any]:
     return {
         "und": lambda i: understanding_sample(sample_rng(seed, "und", i), settings.max_turns, forms),
         "gen": lambda i: generation_sample(sample_rng(seed, "gen", i), settings.prompt_first_share, categories,
-                                           settings.distractor_share, settings.negative_weight > 0),
+                                           settings.distractor_share,
+                                           settings.negatives if settings.negative_weight > 0 else "",
+                                           sample_rng(seed, "negative", i)),
         "text": lambda i: text_sample(sample_rng(seed, "text", i)),
     }
 
