@@ -140,7 +140,7 @@ def test_swapped_prompts_swap_the_binding_only():
 
 
 def test_shapes_generation_samples_carry_a_negative_false_of_their_image():
-    from janusflow.shapes.recipe.unified import generation_sample
+    from janusflow.shapes.recipe.streams import generation_sample
 
     seen = 0
     for i in range(60):
@@ -176,7 +176,7 @@ def test_edited_prompts_are_one_edit_away_and_grouped_by_kind():
 
 
 def test_edit_negatives_are_drawn_from_their_own_stream():
-    from janusflow.shapes.recipe.unified import generation_sample
+    from janusflow.shapes.recipe.streams import generation_sample
 
     kinds = set()
     for i in range(40):

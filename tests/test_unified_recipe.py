@@ -15,7 +15,7 @@ import torch
 
 from janusflow.errors import ConfigError
 from janusflow.shapes import FORMS, parse_prompt, questions_for_scene, sample_scene, score_image
-from janusflow.shapes.recipe import unified
+from janusflow.shapes.recipe import streams, unified
 from janusflow.shapes.recipe.run import PRESETS as RECIPE_PRESETS
 
 
@@ -90,7 +90,7 @@ def test_sources_are_deterministic_and_true_to_the_spec():
         assert sample.messages[0]["content"].startswith("<image_placeholder>\n")
         assert sum(m["content"].count("<image_placeholder>") for m in sample.messages) == 1
         assert [m["role"] for m in sample.messages][:2] == ["User", "Assistant"]
-        scene = sample_scene(unified.sample_rng(0, "und", i))  # the sample's first draw is its scene
+        scene = sample_scene(streams.sample_rng(0, "und", i))  # the sample's first draw is its scene
         truth = {qa.question: qa.answer for qa in questions_for_scene(scene)}
         for user, answer in zip(sample.messages[::2], sample.messages[1::2]):
             question = user["content"].removeprefix("<image_placeholder>\n")
@@ -184,7 +184,7 @@ def test_distractor_share_sets_how_many_prompt_scenes_hold_more_than_the_prompt_
     def extras(share: float) -> float:
         more = 0
         for i in range(300):
-            sample = unified.generation_sample(np.random.default_rng(i), 1.0, None, share)
+            sample = streams.generation_sample(np.random.default_rng(i), 1.0, None, share)
             spec = parse_prompt(sample.caption)
             named = spec.number if spec.tag == "counting" else 1 + (spec.shape2 is not None)
             more += len(detect_objects(np.asarray(sample.image))) > named
@@ -199,7 +199,7 @@ def test_distractor_share_sets_how_many_prompt_scenes_hold_more_than_the_prompt_
     from janusflow.shapes.world import CATEGORIES
 
     rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
-    sample = unified.generation_sample(rng_a, 1.0, None, 1.0)
+    sample = streams.generation_sample(rng_a, 1.0, None, 1.0)
     rng_b.random()  # as before the setting: the prompt-first draw, the prompt, its scene
     prompt = sample_prompt(rng_b, pick(rng_b, CATEGORIES, None))
     assert sample.caption == prompt.text

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from .draws import pick
 from .scorer import passes
-from .world import CATEGORIES, COLORS, NUMBER_WORDS, RELATIONS, SHAPES, Scene
+from .world import CATEGORIES, COLORS, NUMBER_WORDS, RELATIONS, SHAPES, Placed, Scene
 
 TEMPLATES: dict[str, str] = {
     "single_object": "a {shape}",
@@ -176,6 +177,24 @@ def edited_prompts(prompt: PromptSpec) -> dict[str, list[PromptSpec]]:
                 if edit != prompt:
                     edits.setdefault(kind, []).append(edit)
     return edits
+
+
+NEGATIVE_KINDS: tuple[str, ...] = ("swap", "edits")
+
+
+def negative_prompt(prompt: PromptSpec, objects: Sequence[Placed], kind: str,
+                    rng: np.random.Generator | None = None) -> PromptSpec | None:
+    """A prompt that ``objects`` fail, to contrast with ``prompt`` (position and colour attribution;
+    None for another category, or when every candidate holds too): "swap", the swapped twin;
+    "edits", a kind of :func:`edited_prompts` drawn uniformly by ``rng``, then one of that kind."""
+    if kind not in NEGATIVE_KINDS:
+        raise ValueError(f"the kind of negative must be one of {NEGATIVE_KINDS}, got {kind!r}")
+    if kind == "swap":  # no draw, and not every edit built
+        twin = swapped_prompt(prompt)
+        return twin if twin is not None and not passes(twin, objects) else None
+    groups = [kept for edits in edited_prompts(prompt).values()
+              if (kept := [p for p in edits if not passes(p, objects)])]  # a distractor may make one hold
+    return pick(rng, pick(rng, groups)) if groups else None
 
 
 def true_prompts(scene: Scene, tag: str) -> list[PromptSpec]:

@@ -56,8 +56,7 @@ def flow_errors(velocity: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor) -> t
 def negative_prompt_sum(error_true: torch.Tensor, error_negative: torch.Tensor, margin: float,
                         active: torch.Tensor | None = None) -> torch.Tensor:
     """Sum over samples of m * softplus((e(c) - e(c')) / m), both (K,); ``active`` (K,) 0/1 masks rows."""
-    hinge = margin * F.softplus((error_true - error_negative) / margin)
-    return hinge.sum() if active is None else (hinge * active.to(hinge)).sum()
+    return weighted_sum(margin * F.softplus((error_true - error_negative) / margin), active)
 
 
 def repa_sum(projected: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:

@@ -125,23 +125,30 @@ class JanusFlowObjective(nn.Module):
         return rf, repa_sum(projected, target, g.weight), neg, neg_logs
 
     def _negative_term(self, g, x_t: torch.Tensor, errors: torch.Tensor, N: int):
-        """The contrastive term's sum over the rows with a negative caption (t < t_max), and its wins."""
+        """The contrastive term's sum over the rows it uses (:func:`negative_rows`), and its wins; the
+        negative captions of the other rows are not run."""
         zero = errors.new_zeros(())
         if not self.uses_negatives or g.neg_rows is None:
             return zero, {}
-        rows = g.neg_rows
-        K, L = g.neg_ids.shape
-        ones = torch.ones(K, 1 + N, dtype=g.neg_mask.dtype, device=g.neg_mask.device)
-        mask = torch.cat([g.neg_mask[:, : L - 1], ones], dim=1)
-        out = self.model.forward_generation(self.model.embed_prompt(g.neg_ids), x_t[rows], g.t[rows] * TIME_SCALE,
+        used = negative_rows(g, self.losses.negative_max_t)
+        if not bool(used.any()):
+            return zero, {}
+        rows, ids, prompt_mask = g.neg_rows[used], g.neg_ids[used], g.neg_mask[used]
+        ones = torch.ones(len(rows), 1 + N, dtype=prompt_mask.dtype, device=prompt_mask.device)
+        mask = torch.cat([prompt_mask[:, : ids.shape[1] - 1], ones], dim=1)
+        out = self.model.forward_generation(self.model.embed_prompt(ids), x_t[rows], g.t[rows] * TIME_SCALE,
                                             attention_mask=mask, position_ids=position_ids_from_left_padding(mask))
         error_negative = flow_errors(out.velocity, g.x0[rows], g.latents[rows])  # (K,)
-        active = (g.t[rows] < self.losses.negative_max_t).float()
-        if g.weight is not None:
-            active = active * g.weight[rows].to(active)
-        neg = negative_prompt_sum(errors[rows], error_negative, self.losses.negative_margin, active)
-        wins = ((errors[rows] < error_negative).float() * active).sum().detach()
+        weight = None if g.weight is None else g.weight[rows]
+        neg = negative_prompt_sum(errors[rows], error_negative, self.losses.negative_margin, weight)
+        wins = (errors[rows] < error_negative).float().sum().detach()
         return neg, {"wins": wins}
+
+
+def negative_rows(g, max_t: float) -> torch.Tensor:
+    """(K,) bool over ``g.neg_rows``: the rows the contrastive term uses (t < max_t, not a placeholder)."""
+    used = g.t[g.neg_rows] < max_t
+    return used if g.weight is None else used & (g.weight[g.neg_rows] > 0)
 
 
 def build_model(config: TrainConfig) -> tuple[JanusFlowModel, JanusFlowProcessor]:
@@ -318,10 +325,7 @@ class JanusFlowTask:
             counts["gen_samples"] = float(rows)
             counts["tokens"] += float(g.attention_mask.sum()) + rows * self.model.config.num_image_tokens
             if self.module.uses_negatives and g.neg_rows is not None:  # the contrastive term's rows
-                active = g.t[g.neg_rows] < self.config.losses.negative_max_t
-                if g.weight is not None:
-                    active &= g.weight[g.neg_rows] > 0
-                counts["neg_samples"] = float(active.sum())
+                counts["neg_samples"] = float(negative_rows(g, self.config.losses.negative_max_t).sum())
         return counts
 
     def state_dict(self) -> dict[str, Any]:

@@ -55,8 +55,10 @@ def failure_kind(prompt: PromptSpec, objects: Sequence[Placed]) -> str:
 def swap_gaps(pipe, scenes: int = 64, times: Sequence[float] = TIMES, seed: int = 1) -> dict[str, dict[float, dict]]:
     """tag -> t -> {"error", "twin_error", "gap", "wins"} over ``scenes`` scenes drawn for random
     prompts of the tag (only what the prompt names, so the twin is false of every image)."""
+    from ...flow import interpolate
     from ...sampler import VelocityField
     from ...train.latents import VAELatentEncoder
+    from ...train.losses import flow_errors
     from .data import to_pixels
 
     model, processor = pipe.model, pipe.processor
@@ -77,8 +79,8 @@ def swap_gaps(pipe, scenes: int = 64, times: Sequence[float] = TIMES, seed: int 
             fields.append(VelocityField(model, batch.input_ids, batch.attention_mask, n_tokens, use_cache=True))
         result[tag] = {}
         for t in times:
-            x_t = t * x1 + (1 - t) * x0
-            error, twin_error = (((field(x_t, t) - (x1 - x0)) ** 2).flatten(1).mean(dim=1) for field in fields)
+            x_t = interpolate(x0, x1, torch.full((len(prompts),), t, device=x1.device))
+            error, twin_error = (flow_errors(field(x_t, t), x0, x1) for field in fields)
             result[tag][t] = {"error": float(error.mean()), "twin_error": float(twin_error.mean()),
                               "gap": float((twin_error - error).mean()), "wins": float((error < twin_error).float().mean())}
     return result

@@ -15,8 +15,8 @@ Its width (``gen_channels`` 128, 2 ConvNeXt blocks on each side) was chosen by C
 guided velocity evaluation (2 rows) of the whole model costs about 20 ms of one core, so an image at
 30 Euler steps with guidance takes about 0.6 s (the target is < 1 s; width 192 gives 0.8 s, 256 1.05 s).
 
-Data (:func:`shapes_sources`), rendered on the fly, a pure function of (seed, position), so resume
-is exact with nothing stored:
+Data (:func:`.streams.shapes_sources`), rendered on the fly, a pure function of (seed, position), so
+resume is exact with nothing stored:
     und   a rendered scene and 1 to 3 questions about it (every form, ``sample_question``), the
           image before the first question as at inference, the default system prompt;
     gen   an image that passes its caption: 3/4 of the time a prompt of a random category and a
@@ -50,28 +50,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ...config import JanusFlowConfig
 from ...errors import ConfigError
-from ..prompts import caption_for_scene, edited_prompts, parse_prompt, sample_prompt, swapped_prompt
-from ..draws import check_weights, pick
-from ..questions import FORMS, sample_question
-from ..render import render
-from ..sampler import sample_scene, scene_for_prompt
-from ..scorer import passes
 from ..world import CATEGORIES
-from .corpus import sample_text
 from .parts import config_from_parts, gen_vision_for, load_parts, und_vision_config
+from .streams import shapes_sources
 
 # The three stages: (recipe stage name, janusflow.train stage preset giving trainable modules and mix)
 STAGE_PRESETS = {"adapt": "adaptation", "unified": "pretrain", "sft": "sft"}
 STAGE_ORDER = ("adapt", "unified", "sft")
 INIT = "init"  # RUN_DIR/init: the parts put together, the model adaptation starts from
 EVAL_SEED = 30_000_001  # fast evaluations: fresh prompts' noise and fresh scenes
-TASK_CODES = {"und": 1, "gen": 2, "text": 3, "negative": 4}
-NEGATIVES = ("swap", "edits")  # the kinds of negative caption (generation_sample)
 
 
 @dataclass
@@ -214,91 +205,6 @@ def write_init(parts_dir: Path, folder: Path, settings: UnifiedSettings, seed: i
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return folder
-
-
-# -- data -------------------------------------------------------------------------------------------
-
-
-def sample_rng(seed: int, task: str, position: int) -> np.random.Generator:
-    return np.random.default_rng([seed, TASK_CODES[task], position])
-
-
-def understanding_sample(rng: np.random.Generator, max_turns: int = 3, form_weights: dict[str, float] | None = None):
-    """A rendered scene and 1..max_turns questions about it (forms drawn by ``form_weights``, uniform
-    when empty); the image before the first question."""
-    from ...train.samples import ConversationSample
-    from ...tokenizer_build import IMAGE_TOKEN
-
-    scene = sample_scene(rng)
-    messages = []
-    for turn in range(int(rng.integers(1, max_turns + 1))):
-        qa = sample_question(rng, scene, form_weights)
-        question = f"{IMAGE_TOKEN}\n{qa.question}" if turn == 0 else qa.question  # as user_message() puts it
-        messages += [{"role": "User", "content": question}, {"role": "Assistant", "content": qa.answer}]
-    return ConversationSample(messages, [render(scene)])
-
-
-def generation_sample(rng: np.random.Generator, prompt_first_share: float = 0.75,
-                      category_weights: dict[str, float] | None = None, distractor_share: float = 1.0,
-                      negatives: str = "", negative_rng: np.random.Generator | None = None):
-    """An image that passes its caption (a prompt of the six categories, drawn uniformly or in
-    proportion to ``category_weights``, 1 for a category not listed). A prompt-first scene holds
-    distractors beside what the prompt names with probability ``distractor_share``, else only that.
-    ``negatives`` (the contrastive term's other caption, for position and colour-attribution
-    captions, always false of the scene): "swap", the swapped twin; "edits", one prompt one edit away
-    drawn by ``negative_rng`` (a kind of edit uniformly: the twin, a shape, a colour or a relation
-    replaced; then one of that kind); "": none.
-    ``rng`` draws the same whatever ``negatives`` is, so the stream of samples does not change."""
-    from ...train.samples import CaptionSample
-
-    if rng.random() < prompt_first_share:
-        prompt = sample_prompt(rng, pick(rng, CATEGORIES, category_weights))
-        distractors = distractor_share >= 1.0 or rng.random() < distractor_share  # 1: no draw (the old stream)
-        scene = scene_for_prompt(rng, prompt, distractors)
-    else:
-        scene = sample_scene(rng)
-        prompt = parse_prompt(caption_for_scene(rng, scene)[1])
-    if negatives not in NEGATIVES + ("",):
-        raise ConfigError(f"negatives must be one of {NEGATIVES} or empty, got {negatives!r}")
-    twin = swapped_prompt(prompt)
-    groups = edited_prompts(prompt) if negatives == "edits" else {"swap": [twin]} if negatives and twin else {}
-    groups = {kind: [p for p in edits if not passes(p, scene.objects)]  # a distractor may make one hold
-              for kind, edits in groups.items()}
-    groups = {kind: edits for kind, edits in groups.items() if edits}
-    negative = None
-    if groups:  # a kind of edit, then an edit of that kind, uniformly
-        negative = groups["swap"][0] if negatives == "swap" else pick(negative_rng, pick(negative_rng, list(groups.values())))
-    return CaptionSample(prompt.text, render(scene), negative=None if negative is None else negative.text)
-
-
-def text_sample(rng: np.random.Generator):
-    from ...train.samples import TextSample
-
-    return TextSample(sample_text(rng))
-
-
-def shapes_sources(seed: int, settings: UnifiedSettings) -> dict[str, Any]:
-    """task -> fn(position) -> sample, for ``JanusFlowTask(sources=...)``: endless and deterministic."""
-    for field, names, what in (("und_form_weights", FORMS, "question forms"),
-                               ("gen_category_weights", CATEGORIES, "prompt categories")):
-        try:
-            check_weights(getattr(settings, field), names, what)
-        except ValueError as e:
-            raise ConfigError(f"{field}: {e}") from None
-    if settings.negatives not in NEGATIVES:
-        raise ConfigError(f"negatives must be one of {NEGATIVES}, got {settings.negatives!r}")
-    for field in ("prompt_first_share", "distractor_share"):
-        if not 0.0 <= getattr(settings, field) <= 1.0:
-            raise ConfigError(f"{field} is a share in 0..1, got {getattr(settings, field)}")
-    forms, categories = settings.und_form_weights, settings.gen_category_weights
-    return {
-        "und": lambda i: understanding_sample(sample_rng(seed, "und", i), settings.max_turns, forms),
-        "gen": lambda i: generation_sample(sample_rng(seed, "gen", i), settings.prompt_first_share, categories,
-                                           settings.distractor_share,
-                                           settings.negatives if settings.negative_weight > 0 else "",
-                                           sample_rng(seed, "negative", i)),
-        "text": lambda i: text_sample(sample_rng(seed, "text", i)),
-    }
 
 
 # -- the stages -------------------------------------------------------------------------------------
