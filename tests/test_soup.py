@@ -41,6 +41,21 @@ def test_soup_is_the_weighted_mean_and_loads(two_models, tmp_path):
     torch.testing.assert_close(equal[k], (sa[k].float() + sb[k].float()) / 2)
 
 
+def test_soup_of_some_modules_keeps_the_first_model_elsewhere(two_models, tmp_path):
+    a, b = two_models
+    out = soup([a, b], tmp_path / "llm", weights=[1, 1], only=["language_model"])
+    sa, sb, s = (load_file(p / "model.safetensors") for p in (a, b, out))
+    moved = [k for k in s if k.startswith("language_model.")]
+    assert moved and len(moved) < len(s)
+    for k in s:
+        want = (sa[k].float() + sb[k].float()) / 2 if k in moved else sa[k].float()
+        torch.testing.assert_close(s[k], want)
+    with pytest.raises(ConfigError, match="modules to average"):
+        soup([a, b], tmp_path / "bad", only=["language"])
+    with pytest.raises(ConfigError, match="modules to average"):
+        soup([a, b], tmp_path / "none", only=[])
+
+
 def _variant(src, dst, change):
     shutil.copytree(src, dst)
     change(dst)
@@ -98,3 +113,9 @@ def test_soup_command_reports_errors_in_one_line(two_models, tmp_path, capsys):
     assert exit_info.value.code == 2 and "positive weight" in capsys.readouterr().err
     main([str(tmp_path / "s"), str(a), str(b), "--weights", "2,1"])
     assert (tmp_path / "s" / "model.safetensors").is_file()
+    main([str(tmp_path / "o"), str(a), str(b), "--only", "language_model,gen_decoder"])
+    so, sa = load_file(tmp_path / "o" / "model.safetensors"), load_file(a / "model.safetensors")
+    assert all(torch.equal(so[k], sa[k].float()) for k in so if k.startswith("und_encoder."))
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "x"), str(a), str(b), "--only", "llm"])
+    assert exit_info.value.code == 2 and "modules to average" in capsys.readouterr().err

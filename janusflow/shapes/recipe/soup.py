@@ -1,12 +1,19 @@
 """A model soup: the weighted mean of the weights of models fine-tuned from one start.
 
-    python -m janusflow.shapes.recipe.soup OUT MODEL_A MODEL_B [...] [--weights 1,1]
+    python -m janusflow.shapes.recipe.soup OUT MODEL_A MODEL_B [...] [--weights 1,1] [--only language_model]
 
 Models fine-tuned from the same weights tend to stay in one basin of the loss, so their mean keeps
 much of what each learned (Wortsman et al., 2022, "Model soups"). Here it joins a model that reads
 above/below (a relation phase) with the one it started from, whose generation was better.
 
     theta_soup = sum_i w_i * theta_i / sum_i w_i
+
+``--only`` restricts the mean to some top-level modules (the names of ``janusflow.train.stages.MODULES``);
+every other tensor is the first folder's. With two folders, base and fine-tune, weights 1 : 1 and
+``--only language_model``, that is task arithmetic (Ilharco et al., 2023) on the LLM alone at half
+strength, theta = theta_base + (theta_ft - theta_base) / 2 there, and the rest of the base kept:
+what a generation-only fine-tune wrote into the LLM, without what it wrote into the generation
+encoder and decoder.
 
 Every folder must hold the same model config, the same tensors (names and shapes) and the same
 VAE (decoding must not change under the soup). OUT gets the first folder's config, tokenizer,
@@ -26,12 +33,15 @@ from safetensors.torch import save_file
 
 from ...checkpoint import CONFIG, WEIGHTS, read_safetensors, weight_files
 from ...errors import CheckpointError, ConfigError
+from ...train.stages import MODULES
 
 VAE_WEIGHTS = Path("vae") / "diffusion_pytorch_model.safetensors"
 
 
-def soup(folders: list[str | os.PathLike], out: str | os.PathLike, weights: list[float] | None = None) -> Path:
-    """Write the weighted mean of ``folders``' weights (equal weights by default) to ``out``."""
+def soup(folders: list[str | os.PathLike], out: str | os.PathLike, weights: list[float] | None = None,
+         only: list[str] | None = None) -> Path:
+    """Write the weighted mean of ``folders``' weights (equal weights by default) to ``out``; with
+    ``only``, the mean of those top-level modules' tensors and the first folder's everywhere else."""
     folders = [Path(os.fspath(f)) for f in folders]
     out = Path(os.fspath(out))
     weights = [1.0] * len(folders) if weights is None else [float(w) for w in weights]
@@ -41,6 +51,8 @@ def soup(folders: list[str | os.PathLike], out: str | os.PathLike, weights: list
         raise ConfigError(f"one positive weight a folder: {len(folders)} folders, weights {weights}")
     if out.resolve() in {f.resolve() for f in folders}:
         raise ConfigError(f"{out}: the soup would overwrite one of its ingredients")
+    if only is not None and (not only or any(m not in MODULES for m in only)):
+        raise ConfigError(f"only: the modules to average are among {MODULES}, got {only}")
 
     first = folders[0]
     configs = []
@@ -70,11 +82,18 @@ def soup(folders: list[str | os.PathLike], out: str | os.PathLike, weights: list
                 raise CheckpointError(f"{folder}: {k} has shape {tuple(v.shape)}, {first} has {tuple(mean[k].shape)}")
             mean[k] += w * v.float()
 
+    if only is not None:
+        if not any(k.split(".")[0] in only for k in mean):
+            raise ConfigError(f"only: no tensor of {first} belongs to {only}")
+        base = read_safetensors(weight_files(first))
+        mean = {k: v if k.split(".")[0] in only else total * base[k].float() for k, v in mean.items()}
+
     staging = out.parent / f".{out.name}.soup"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(first, staging, ignore=shutil.ignore_patterns("parts", WEIGHTS, "eval_shapes.json"))
     save_file({k: (v / total).contiguous() for k, v in mean.items()}, staging / WEIGHTS,
-              metadata={"soup": json.dumps({str(f): w for f, w in zip(folders, weights)})})
+              metadata={"soup": json.dumps({"weights": {str(f): w for f, w in zip(folders, weights)},
+                                            "only": only})})
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
     return out
@@ -85,13 +104,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", help="the soup's model folder (replaced)")
     parser.add_argument("models", nargs="+", help="model folders fine-tuned from one start")
     parser.add_argument("--weights", default=None, help="comma-separated, one a model (default: equal)")
+    parser.add_argument("--only", default=None, metavar="MODULES",
+                        help=f"comma-separated top-level modules to average (of {', '.join(MODULES)}); "
+                             "the rest is the first model's (default: every module)")
     args = parser.parse_args(argv)
     try:
         weights = None if args.weights is None else [float(w) for w in args.weights.split(",")]
     except ValueError:
         parser.error(f"--weights {args.weights!r}: comma-separated numbers")
     try:
-        print(soup(args.models, args.out, weights))
+        only = None if args.only is None else [m.strip() for m in args.only.split(",") if m.strip()]
+        print(soup(args.models, args.out, weights, only))
     except (ConfigError, CheckpointError) as e:
         parser.exit(2, f"error: {e}\n")
 
