@@ -68,11 +68,11 @@ def soup(folders: list[str | os.PathLike], out: str | os.PathLike, weights: list
         if ours.keys() != theirs.keys() or any(not torch.equal(ours[k], theirs[k]) for k in ours):
             raise CheckpointError(f"{folder}: its VAE differs from {first}'s; the soup's images would not decode alike")
 
-    total, mean = sum(weights), None
+    total, mean, first_state = sum(weights), None, None
     for folder, w in zip(folders, weights):
         state = read_safetensors(weight_files(folder))
         if mean is None:
-            mean = {k: w * v.float() for k, v in state.items()}
+            first_state, mean = state, {k: w * v.float() for k, v in state.items()}
             continue
         if state.keys() != mean.keys():
             diff = sorted(set(state) ^ set(mean))[:5]
@@ -82,16 +82,15 @@ def soup(folders: list[str | os.PathLike], out: str | os.PathLike, weights: list
                 raise CheckpointError(f"{folder}: {k} has shape {tuple(v.shape)}, {first} has {tuple(mean[k].shape)}")
             mean[k] += w * v.float()
 
-    if only is not None:
-        if not any(k.split(".")[0] in only for k in mean):
-            raise ConfigError(f"only: no tensor of {first} belongs to {only}")
-        base = read_safetensors(weight_files(first))
-        mean = {k: v if k.split(".")[0] in only else total * base[k].float() for k, v in mean.items()}
+    averaged = {k for k in mean if only is None or k.split(".")[0] in only}
+    if not averaged:
+        raise ConfigError(f"only: no tensor of {first} belongs to {only}")
+    result = {k: (v / total if k in averaged else first_state[k].float()).contiguous() for k, v in mean.items()}
 
     staging = out.parent / f".{out.name}.soup"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(first, staging, ignore=shutil.ignore_patterns("parts", WEIGHTS, "eval_shapes.json"))
-    save_file({k: (v / total).contiguous() for k, v in mean.items()}, staging / WEIGHTS,
+    save_file(result, staging / WEIGHTS,
               metadata={"soup": json.dumps({"weights": {str(f): w for f, w in zip(folders, weights)},
                                             "only": only})})
     shutil.rmtree(out, ignore_errors=True)
