@@ -173,6 +173,31 @@ def test_edited_prompts_are_one_edit_away_and_grouped_by_kind():
     position = edited_prompts(parse_prompt("a circle above a square"))
     assert set(position) == {"swap", "shape", "relation"} and len(position["relation"]) == 3
     assert edited_prompts(parse_prompt("three circles")) == {}
+    counting = edited_prompts(parse_prompt("three circles"), binding_only=False)
+    assert {k: sorted(p.text for p in v) for k, v in counting.items()} == {
+        "shape": ["three squares", "three triangles"], "number": ["four circles", "two circles"]}
+    assert set(edited_prompts(parse_prompt("a red circle"), binding_only=False)) == {"shape", "color"}
+    assert set(edited_prompts(parse_prompt("a circle and a square"), binding_only=False)) == {"shape"}
+
+
+def test_all_edits_negatives_cover_every_category_and_are_false():
+    from janusflow.shapes.recipe.streams import generation_sample
+
+    kinds, tags = set(), set()
+    for i in range(60):
+        sample = generation_sample(np.random.default_rng([3, i]), 1.0, None, 0.0, "all_edits",
+                                   np.random.default_rng([4, i]))
+        edits_only = generation_sample(np.random.default_rng([3, i]), 1.0, None, 0.0, "edits",
+                                       np.random.default_rng([4, i]))
+        prompt = parse_prompt(sample.caption)
+        if prompt.tag not in ("position", "color_attr"):
+            assert edits_only.negative is None
+        if sample.negative is not None:
+            negative = parse_prompt(sample.negative)
+            kinds.add(next(k for k, group in edited_prompts(prompt, binding_only=False).items() if negative in group))
+            tags.add(prompt.tag)
+            assert negative.tag == prompt.tag and not passes(negative, detect_objects(sample.image))
+    assert kinds >= {"shape", "color", "number"} and tags >= {"counting", "single_object", "two_object", "colors"}
 
 
 def test_edit_negatives_are_drawn_from_their_own_stream():

@@ -155,17 +155,23 @@ def swapped_prompt(prompt: PromptSpec) -> PromptSpec | None:
     return dataclasses.replace(prompt, **{a: getattr(prompt, b), b: getattr(prompt, a)})
 
 
-def edited_prompts(prompt: PromptSpec) -> dict[str, list[PromptSpec]]:
+# Which words an edit may replace, and by what: (kind, fields, vocabulary).
+EDITABLE: tuple[tuple[str, tuple[str, ...], tuple], ...] = (
+    ("shape", ("shape", "shape2"), SHAPES), ("color", ("color", "color2"), COLORS),
+    ("relation", ("relation",), RELATIONS), ("number", ("number",), COUNTING_NUMBERS))
+
+
+def edited_prompts(prompt: PromptSpec, binding_only: bool = True) -> dict[str, list[PromptSpec]]:
     """The prompts of the same category one edit away, by kind of edit: "swap" (the swapped twin),
-    "shape", "color" and "relation" (one such word replaced by another allowed one: "a red circle
-    and a blue square" -> "... a blue triangle", "a green circle and ..."); empty for a category
-    without a binding."""
+    "shape", "color", "relation" and "number" (one such word replaced by another allowed one: "a
+    red circle and a blue square" -> "... a blue triangle", "a green circle and ..."; "three
+    circles" -> "two circles", "three squares"). With ``binding_only``, empty for a category
+    without a binding (single object, two objects, counting, colours)."""
     twin = swapped_prompt(prompt)
-    if twin is None:
+    if twin is None and binding_only:
         return {}
-    edits: dict[str, list[PromptSpec]] = {"swap": [twin]}
-    for kind, names, vocab in (("shape", ("shape", "shape2"), SHAPES), ("color", ("color", "color2"), COLORS),
-                               ("relation", ("relation",), RELATIONS)):
+    edits: dict[str, list[PromptSpec]] = {} if twin is None else {"swap": [twin]}
+    for kind, names, vocab in EDITABLE:
         for name in names:
             if getattr(prompt, name) is None:
                 continue
@@ -179,20 +185,23 @@ def edited_prompts(prompt: PromptSpec) -> dict[str, list[PromptSpec]]:
     return edits
 
 
-NEGATIVE_KINDS: tuple[str, ...] = ("swap", "edits")
+# "swap": the swapped twin; "edits": one edit away (binding categories only); "all_edits": one edit
+# away in every category (counting's number or shape, colours' colour or shape, ...).
+NEGATIVE_KINDS: tuple[str, ...] = ("swap", "edits", "all_edits")
 
 
 def negative_prompt(prompt: PromptSpec, objects: Sequence[Placed], kind: str,
                     rng: np.random.Generator | None = None) -> PromptSpec | None:
-    """A prompt that ``objects`` fail, to contrast with ``prompt`` (position and colour attribution;
-    None for another category, or when every candidate holds too): "swap", the swapped twin;
-    "edits", a kind of :func:`edited_prompts` drawn uniformly by ``rng``, then one of that kind."""
+    """A prompt that ``objects`` fail, to contrast with ``prompt`` (None where no candidate is
+    false of them): "swap", the swapped twin (position and colour attribution); "edits", a kind of
+    :func:`edited_prompts` drawn uniformly by ``rng``, then one of that kind (the same two
+    categories); "all_edits", the same in every category."""
     if kind not in NEGATIVE_KINDS:
         raise ValueError(f"the kind of negative must be one of {NEGATIVE_KINDS}, got {kind!r}")
     if kind == "swap":  # no draw, and not every edit built
         twin = swapped_prompt(prompt)
         return twin if twin is not None and not passes(twin, objects) else None
-    groups = [kept for edits in edited_prompts(prompt).values()
+    groups = [kept for edits in edited_prompts(prompt, binding_only=kind == "edits").values()
               if (kept := [p for p in edits if not passes(p, objects)])]  # a distractor may make one hold
     return pick(rng, pick(rng, groups)) if groups else None
 

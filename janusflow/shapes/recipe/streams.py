@@ -52,10 +52,11 @@ def generation_sample(rng: np.random.Generator, prompt_first_share: float = 0.75
     """An image that passes its caption (a prompt of the six categories, drawn uniformly or in
     proportion to ``category_weights``, 1 for a category not listed). A prompt-first scene holds
     distractors beside what the prompt names with probability ``distractor_share``, else only that.
-    ``negatives`` (the contrastive term's other caption, for position and colour-attribution
-    captions, always false of the scene): "swap", the swapped twin; "edits", one prompt one edit away
-    drawn by ``negative_rng`` (a kind of edit uniformly: the twin, a shape, a colour or a relation
-    replaced; then one of that kind); "": none.
+    ``negatives`` (the contrastive term's other caption, always false of the scene): "swap", the
+    swapped twin (position and colour-attribution captions); "edits", one prompt one edit away drawn
+    by ``negative_rng`` (a kind of edit uniformly: the twin, a shape, a colour or a relation
+    replaced; then one of that kind; the same two categories); "all_edits", the same for a caption
+    of any category (a number replaced too); "": none.
     ``rng`` draws the same whatever ``negatives`` is, so the stream of samples does not change."""
     from ...train.samples import CaptionSample
 

@@ -93,7 +93,7 @@ class UnifiedSettings:
     # the contrastive term (train/losses.py): position and colour-attribution captions against their
     # swapped twins; 0 turns it off (the paper's recipe)
     negative_weight: float = 0.0
-    negatives: str = "swap"  # "swap": the swapped twin; "edits": one of the prompts one edit away
+    negatives: str = "swap"  # "swap": the swapped twin; "edits": one of the prompts one edit away; "all_edits": in every category
     negative_margin: float = 0.01
     negative_max_t: float = 0.5
     prompt_first_share: float = 0.75  # gen captions: prompt -> scene_for_prompt; else scene -> caption
