@@ -38,6 +38,57 @@ from ...train.stages import MODULES
 VAE_WEIGHTS = Path("vae") / "diffusion_pytorch_model.safetensors"
 
 
+def check_only(only: list[str] | None, verb: str) -> None:
+    """``only`` names top-level modules (None: every module)."""
+    if only is not None and (not only or any(m not in MODULES for m in only)):
+        raise ConfigError(f"only: the modules to {verb} are among {MODULES}, got {only}")
+
+
+def check_ingredients(folders: list[Path], out: Path) -> None:
+    """Every folder is a model folder of one architecture and one VAE, and ``out`` is none of them."""
+    if out.resolve() in {f.resolve() for f in folders}:
+        raise ConfigError(f"{out}: the merge would overwrite one of its ingredients")
+    first, configs = folders[0], []
+    for folder in folders:
+        if not (folder / CONFIG).is_file():
+            raise CheckpointError(f"{folder}: no {CONFIG} (not a model folder)")
+        configs.append(json.loads((folder / CONFIG).read_text(encoding="utf-8")))
+        if configs[-1] != configs[0]:
+            raise CheckpointError(f"{folder}: its {CONFIG} differs from {first}'s; merging needs one architecture")
+    ours = read_safetensors([first / VAE_WEIGHTS])
+    for folder in folders[1:]:
+        theirs = read_safetensors([folder / VAE_WEIGHTS])
+        if ours.keys() != theirs.keys() or any(not torch.equal(ours[k], theirs[k]) for k in ours):
+            raise CheckpointError(f"{folder}: its VAE differs from {first}'s; the merged model's images would not decode alike")
+
+
+def read_state_like(folder: Path, reference: dict[str, torch.Tensor] | None, first: Path) -> dict[str, torch.Tensor]:
+    """``folder``'s weights, checked to hold the same tensors (names and shapes) as ``reference``."""
+    state = read_safetensors(weight_files(folder))
+    if reference is None:
+        return state
+    if state.keys() != reference.keys():
+        diff = sorted(set(state) ^ set(reference))[:5]
+        raise CheckpointError(f"{folder}: its tensors differ from {first}'s (e.g. {diff})")
+    for k, v in state.items():
+        if v.shape != reference[k].shape:
+            raise CheckpointError(f"{folder}: {k} has shape {tuple(v.shape)}, {first} has {tuple(reference[k].shape)}")
+    return state
+
+
+def write_merged(first: Path, out: Path, result: dict[str, torch.Tensor], recipe: dict) -> Path:
+    """``out``: ``first``'s config, tokenizer, processor and VAE with the weights ``result`` (fp32),
+    the recipe in the safetensors metadata; written beside ``out`` and moved in at the end."""
+    staging = out.parent / f".{out.name}.merge"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(first, staging, ignore=shutil.ignore_patterns("parts", WEIGHTS, "eval_shapes.json"))
+    save_file({k: v.float().contiguous() for k, v in result.items()}, staging / WEIGHTS,
+              metadata={k: json.dumps(v) for k, v in recipe.items()})
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return out
+
+
 def soup(folders: list[str | os.PathLike], out: str | os.PathLike, weights: list[float] | None = None,
          only: list[str] | None = None) -> Path:
     """Write the weighted mean of ``folders``' weights (equal weights by default) to ``out``; with
@@ -49,53 +100,25 @@ def soup(folders: list[str | os.PathLike], out: str | os.PathLike, weights: list
         raise ConfigError("a soup needs at least two model folders")
     if len(weights) != len(folders) or any(not w > 0 for w in weights):
         raise ConfigError(f"one positive weight a folder: {len(folders)} folders, weights {weights}")
-    if out.resolve() in {f.resolve() for f in folders}:
-        raise ConfigError(f"{out}: the soup would overwrite one of its ingredients")
-    if only is not None and (not only or any(m not in MODULES for m in only)):
-        raise ConfigError(f"only: the modules to average are among {MODULES}, got {only}")
+    check_only(only, "average")
+    check_ingredients(folders, out)
 
     first = folders[0]
-    configs = []
-    for folder in folders:
-        if not (folder / CONFIG).is_file():
-            raise CheckpointError(f"{folder}: no {CONFIG} (not a model folder)")
-        configs.append(json.loads((folder / CONFIG).read_text(encoding="utf-8")))
-        if configs[-1] != configs[0]:
-            raise CheckpointError(f"{folder}: its {CONFIG} differs from {first}'s; a soup needs one architecture")
-    ours = read_safetensors([first / VAE_WEIGHTS])
-    for folder in folders[1:]:
-        theirs = read_safetensors([folder / VAE_WEIGHTS])
-        if ours.keys() != theirs.keys() or any(not torch.equal(ours[k], theirs[k]) for k in ours):
-            raise CheckpointError(f"{folder}: its VAE differs from {first}'s; the soup's images would not decode alike")
-
     total, mean, first_state = sum(weights), None, None
     for folder, w in zip(folders, weights):
-        state = read_safetensors(weight_files(folder))
+        state = read_state_like(folder, first_state, first)
         if mean is None:
             first_state, mean = state, {k: w * v.float() for k, v in state.items()}
             continue
-        if state.keys() != mean.keys():
-            diff = sorted(set(state) ^ set(mean))[:5]
-            raise CheckpointError(f"{folder}: its tensors differ from {first}'s (e.g. {diff})")
         for k, v in state.items():
-            if v.shape != mean[k].shape:
-                raise CheckpointError(f"{folder}: {k} has shape {tuple(v.shape)}, {first} has {tuple(mean[k].shape)}")
             mean[k] += w * v.float()
 
     averaged = {k for k in mean if only is None or k.split(".")[0] in only}
     if not averaged:
         raise ConfigError(f"only: no tensor of {first} belongs to {only}")
-    result = {k: (v / total if k in averaged else first_state[k].float()).contiguous() for k, v in mean.items()}
-
-    staging = out.parent / f".{out.name}.soup"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(first, staging, ignore=shutil.ignore_patterns("parts", WEIGHTS, "eval_shapes.json"))
-    save_file(result, staging / WEIGHTS,
-              metadata={"soup": json.dumps({"weights": {str(f): w for f, w in zip(folders, weights)},
-                                            "only": only})})
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
-    return out
+    result = {k: (v / total if k in averaged else first_state[k].float()) for k, v in mean.items()}
+    return write_merged(first, out, result, {"soup": {"weights": {str(f): w for f, w in zip(folders, weights)},
+                                                      "only": only}})
 
 
 def main(argv: list[str] | None = None) -> None:
