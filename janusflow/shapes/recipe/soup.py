@@ -121,6 +121,17 @@ def soup(folders: list[str | os.PathLike], out: str | os.PathLike, weights: list
                                                       "only": only}})
 
 
+def parse_weights_and_only(parser: argparse.ArgumentParser,
+                           args: argparse.Namespace) -> tuple[list[float] | None, list[str] | None]:
+    """The command line's ``--weights`` (comma-separated numbers) and ``--only`` (module names)."""
+    try:
+        weights = None if args.weights is None else [float(w) for w in args.weights.split(",")]
+    except ValueError:
+        parser.error(f"--weights {args.weights!r}: comma-separated numbers")
+    only = None if args.only is None else [m.strip() for m in args.only.split(",") if m.strip()]
+    return weights, only
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", help="the soup's model folder (replaced)")
@@ -130,12 +141,8 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"comma-separated top-level modules to average (of {', '.join(MODULES)}); "
                              "the rest is the first model's (default: every module)")
     args = parser.parse_args(argv)
+    weights, only = parse_weights_and_only(parser, args)
     try:
-        weights = None if args.weights is None else [float(w) for w in args.weights.split(",")]
-    except ValueError:
-        parser.error(f"--weights {args.weights!r}: comma-separated numbers")
-    try:
-        only = None if args.only is None else [m.strip() for m in args.only.split(",") if m.strip()]
         print(soup(args.models, args.out, weights, only))
     except (ConfigError, CheckpointError) as e:
         parser.exit(2, f"error: {e}\n")

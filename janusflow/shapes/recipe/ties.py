@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from ...errors import CheckpointError, ConfigError
-from .soup import check_ingredients, check_only, read_state_like, write_merged
+from .soup import check_ingredients, check_only, parse_weights_and_only, read_state_like, write_merged
 
 
 def ties_delta(deltas: list[torch.Tensor], keep: float) -> torch.Tensor:
@@ -94,12 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", default=None, metavar="MODULES",
                         help="comma-separated top-level modules to merge; the rest is the base's (default: every module)")
     args = parser.parse_args(argv)
+    weights, only = parse_weights_and_only(parser, args)
     try:
-        weights = None if args.weights is None else [float(w) for w in args.weights.split(",")]
-    except ValueError:
-        parser.error(f"--weights {args.weights!r}: comma-separated numbers")
-    try:
-        only = None if args.only is None else [m.strip() for m in args.only.split(",") if m.strip()]
         print(ties(args.base, args.finetunes, args.out, args.keep, weights, args.scale, only))
     except (ConfigError, CheckpointError) as e:
         parser.exit(2, f"error: {e}\n")
