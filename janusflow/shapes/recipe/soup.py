@@ -76,6 +76,14 @@ def read_state_like(folder: Path, reference: dict[str, torch.Tensor] | None, fir
     return state
 
 
+def selected_keys(state: dict[str, torch.Tensor], only: list[str] | None, folder: Path) -> set[str]:
+    """The names of ``state``'s tensors in the top-level modules ``only`` (None: every tensor)."""
+    keys = {k for k in state if only is None or k.split(".")[0] in only}
+    if not keys:
+        raise ConfigError(f"only: no tensor of {folder} belongs to {only}")
+    return keys
+
+
 def write_merged(first: Path, out: Path, result: dict[str, torch.Tensor], recipe: dict) -> Path:
     """``out``: ``first``'s config, tokenizer, processor and VAE with the weights ``result`` (fp32),
     the recipe in the safetensors metadata; written beside ``out`` and moved in at the end."""
@@ -104,19 +112,16 @@ def soup(folders: list[str | os.PathLike], out: str | os.PathLike, weights: list
     check_ingredients(folders, out)
 
     first = folders[0]
-    total, mean, first_state = sum(weights), None, None
-    for folder, w in zip(folders, weights):
+    first_state = read_state_like(first, None, first)
+    averaged = selected_keys(first_state, only, first)
+    result = {k: v.float() * (weights[0] if k in averaged else 1.0) for k, v in first_state.items()}
+    for folder, w in zip(folders[1:], weights[1:]):
         state = read_state_like(folder, first_state, first)
-        if mean is None:
-            first_state, mean = state, {k: w * v.float() for k, v in state.items()}
-            continue
-        for k, v in state.items():
-            mean[k] += w * v.float()
-
-    averaged = {k for k in mean if only is None or k.split(".")[0] in only}
-    if not averaged:
-        raise ConfigError(f"only: no tensor of {first} belongs to {only}")
-    result = {k: (v / total if k in averaged else first_state[k].float()) for k, v in mean.items()}
+        for k in averaged:
+            result[k] += w * state[k].float()
+    total = sum(weights)
+    for k in averaged:
+        result[k] /= total
     return write_merged(first, out, result, {"soup": {"weights": {str(f): w for f, w in zip(folders, weights)},
                                                       "only": only}})
 

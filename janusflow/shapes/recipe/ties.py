@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 
 from ...errors import CheckpointError, ConfigError
-from .soup import check_ingredients, check_only, parse_weights_and_only, read_state_like, write_merged
+from .soup import (check_ingredients, check_only, parse_weights_and_only, read_state_like, selected_keys,
+                   write_merged)
 
 
 def ties_delta(deltas: list[torch.Tensor], keep: float) -> torch.Tensor:
@@ -68,16 +69,11 @@ def ties(base: str | os.PathLike, finetunes: list[str | os.PathLike], out: str |
 
     base_state = read_state_like(base, None, base)
     states = [read_state_like(f, base_state, base) for f in finetunes]
-    merged = {k for k in base_state if only is None or k.split(".")[0] in only}
-    if not merged:
-        raise ConfigError(f"only: no tensor of {base} belongs to {only}")
-    result = {}
-    for k, v in base_state.items():
-        if k in merged:
-            deltas = [w * (s[k].float() - v.float()) for w, s in zip(weights, states)]
-            result[k] = v.float() + scale * ties_delta(deltas, keep)
-        else:
-            result[k] = v.float()
+    merged = selected_keys(base_state, only, base)
+    result = {k: v.float() for k, v in base_state.items()}
+    for k in merged:
+        deltas = [w * (s[k].float() - result[k]) for w, s in zip(weights, states)]
+        result[k] = result[k] + scale * ties_delta(deltas, keep)
     recipe = {"base": str(base), "finetunes": {str(f): w for f, w in zip(finetunes, weights)},
               "keep": keep, "scale": scale, "only": only}
     return write_merged(base, out, result, {"ties": recipe})

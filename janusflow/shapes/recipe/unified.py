@@ -90,8 +90,8 @@ class UnifiedSettings:
     repa_layer: int = 2  # REPA aligns the hidden states after this LLM block (of 4)
     repa_weight: float = 1.0
     prompt_dropout: float = 0.1
-    # the contrastive term (train/losses.py): position and colour-attribution captions against their
-    # swapped twins; 0 turns it off (the paper's recipe)
+    # the contrastive term (train/losses.py): captions against a false caption (``negatives``: the
+    # swapped twin or one edit away); 0 turns it off (the paper's recipe)
     negative_weight: float = 0.0
     negatives: str = "swap"  # "swap": the swapped twin; "edits": one of the prompts one edit away; "all_edits": in every category
     negative_margin: float = 0.01
