@@ -109,6 +109,12 @@ def test_generate_shows_progress_then_the_image_in_the_gallery(page):
     steps.fill("100")
     steps.press("Enter")
     expect(steps).to_have_value("100")
+    # and the most images: the progress is polled ten times a second, so the tiny model must sample
+    # for longer than that (100 steps of one image alone finished between two polls once)
+    images = page.locator("#gen-images input[type=number]")
+    images.fill("4")
+    images.press("Enter")
+    expect(images).to_have_value("4")
     page.fill("#gen-seed-input input", "0")  # a fixed seed: the same screenshot every run
     page.click("#gen-button")
     expect(page.locator("#gallery")).to_contain_text("steps", timeout=60_000)  # "sampling k/n steps"

@@ -168,7 +168,7 @@ def build_ui(engine: Engine, worker: ModelWorker, limits: ServeLimits) -> gr.Blo
                     steps = gr.Slider(1, limits.max_steps, value=min(30, limits.max_steps), step=1, label="Steps", elem_id="gen-steps")
                     guidance = gr.Slider(0, limits.max_guidance_scale, value=2.0, step=0.1, label="Guidance")
                     seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="gen-seed-input")
-                    num_images = gr.Slider(1, limits.max_images_per_request, value=1, step=1, label="Images")
+                    num_images = gr.Slider(1, limits.max_images_per_request, value=1, step=1, label="Images", elem_id="gen-images")
                     solver = gr.Dropdown(list(SOLVERS), value="euler", label="Solver")
                     run = gr.Button("Generate", variant="primary", elem_id="gen-button")
                 with gr.Column(scale=2):
