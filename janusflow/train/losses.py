@@ -59,6 +59,17 @@ def negative_prompt_sum(error_true: torch.Tensor, error_negative: torch.Tensor, 
     return weighted_sum(margin * F.softplus((error_true - error_negative) / margin), active)
 
 
+def flow_dpo_loss(error_win: torch.Tensor, ref_error_win: torch.Tensor, error_lose: torch.Tensor,
+                  ref_error_lose: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Diffusion-DPO (Wallace et al., 2023) in flow form, per pair (P,), and its logits (P,):
+        L = -log sigmoid(-beta [(e_theta(w) - e_ref(w)) - (e_theta(l) - e_ref(l))])
+    e: :func:`flow_errors` of the policy / the frozen reference on the same x0 and t for the preferred
+    latent w and the other l. log 2 where the policy is the reference; lower as the policy's error falls
+    on w, relative to the reference's, faster than on l."""
+    logits = -beta * ((error_win - ref_error_win) - (error_lose - ref_error_lose))
+    return -F.logsigmoid(logits), logits
+
+
 def repa_sum(projected: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Sum over samples of the token-mean (1 - cosine similarity); both (B, N, W)."""
     cosine = F.cosine_similarity(projected.float(), target.float(), dim=-1)  # (B, N)
