@@ -73,6 +73,28 @@ def test_the_policy_gradient_lowers_the_loss_on_its_pair(tmp_path):
     assert all(not p.requires_grad for p in dpo.reference.parameters())
 
 
+def test_guided_errors_use_the_velocity_the_sampler_follows(tmp_path):
+    from janusflow.flow import interpolate
+    from janusflow.sampler import VelocityField, with_guidance
+    from janusflow.train.losses import flow_errors
+
+    pipe = JanusFlowPipeline.from_pretrained(build_tiny_model_folder(tmp_path / "m", seed=4), device="cpu")
+    model, gen = pipe.model, pipe.model.config.gen_vision
+    prompts = ["a red circle", "two blue squares"]
+    g = torch.Generator().manual_seed(0)
+    x0, x1 = (torch.randn(2, gen.latent_channels, gen.latent_size, gen.latent_size, generator=g) for _ in range(2))
+    t = torch.full((2,), 0.3)
+    batch = pipe.processor.build_generation_batch(prompts, 1, guidance=True)
+    field = VelocityField(model, batch.input_ids, batch.attention_mask, gen.grid_for(gen.latent_size) ** 2,
+                          use_cache=False)
+    with torch.no_grad():
+        sampled = with_guidance(field, 2.0)(interpolate(x0, x1, t), 0.3)
+        guided = FlowDPO(model, pipe.processor, 100.0, 0.5, guidance=2.0).errors(model, prompts, x0, x1, t)
+        cond = FlowDPO(model, pipe.processor, 100.0, 0.5).errors(model, prompts, x0, x1, t)
+    torch.testing.assert_close(guided, flow_errors(sampled, x0, x1), rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(guided, cond)
+
+
 def test_two_rounds_write_model_folders_and_a_rerun_resumes(tmp_path, capsys):
     model = build_tiny_model_folder(tmp_path / "m", seed=2)
     calls = []

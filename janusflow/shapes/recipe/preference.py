@@ -40,7 +40,7 @@ from typing import Callable, Sequence
 import torch
 
 from ...errors import ConfigError
-from ...flow import TIME_SCALE, interpolate, sample_time
+from ...flow import TIME_SCALE, guided_velocity, interpolate, sample_time
 from ...processor import position_ids_from_left_padding
 from ...train.losses import flow_dpo_loss, flow_errors
 from ..prompts import PromptSpec, all_prompts
@@ -63,6 +63,7 @@ class PreferenceConfig:
     lr: float = 2e-5
     beta: float = 1000.0
     t_max: float = 0.5
+    guidance: float = 1.0  # 1: the loss on the conditional velocity; w: on the guided one (w = 2 samples)
     grad_clip: float = 1.0
     sample_batch: int = 64  # images sampled together while collecting
     seed: int = 0
@@ -77,8 +78,8 @@ class PreferenceConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.images_per_prompt < 2:
             raise ConfigError("images_per_prompt must be >= 2: a pair needs a passing and a failing image")
-        if not (self.lr > 0 and self.beta > 0 and 0 < self.t_max <= 1 and self.grad_clip >= 0):
-            raise ConfigError("lr and beta must be > 0, t_max in (0, 1], grad_clip >= 0")
+        if not (self.lr > 0 and self.beta > 0 and 0 < self.t_max <= 1 and self.grad_clip >= 0 and self.guidance >= 0):
+            raise ConfigError("lr and beta must be > 0, t_max in (0, 1], grad_clip and guidance >= 0")
 
 
 def draw_prompts(rng: random.Random, counts: dict[str, int]) -> list[PromptSpec]:
@@ -128,23 +129,31 @@ def collect(pipe, specs: list[PromptSpec], images_per_prompt: int, pairs_per_pro
 class FlowDPO:
     """The policy (trained) and the frozen reference, and the DPO loss on a batch of pairs."""
 
-    def __init__(self, policy, processor, beta: float, t_max: float):
+    def __init__(self, policy, processor, beta: float, t_max: float, guidance: float = 1.0):
         self.policy, self.processor, self.beta, self.t_max = policy, processor, beta, t_max
+        self.guidance = guidance
         self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if policy.device.type == "cuda"
                          else nullcontext())
 
     def errors(self, model, prompts: list[str], x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """(B,) flow errors of ``model`` under ``prompts`` (no dropout) at x_t = t x1 + (1 - t) x0."""
-        batch = self.processor.build_generation_batch(prompts, 1, guidance=False).to(x1.device)
+        """(B,) flow errors of ``model`` under ``prompts`` at x_t = t x1 + (1 - t) x0: of the conditional
+        velocity, or with ``guidance`` w != 1 of the guided one the sampler follows,
+        w v_cond - (w - 1) v_uncond (the unconditional rows as at sampling)."""
+        guided = self.guidance != 1.0
+        batch = self.processor.build_generation_batch(prompts, 1, guidance=guided).to(x1.device)
         ids, prompt_mask = batch.input_ids, batch.attention_mask
         n = model.config.gen_vision.grid_for(x1.shape[-1]) * model.config.gen_vision.grid_for(x1.shape[-2])
-        ones = torch.ones(len(prompts), 1 + n, dtype=prompt_mask.dtype, device=prompt_mask.device)
+        ones = torch.ones(len(ids), 1 + n, dtype=prompt_mask.dtype, device=prompt_mask.device)
         mask = torch.cat([prompt_mask[:, : ids.shape[1] - 1], ones], dim=1)
+        x_t = interpolate(x0, x1, t)
+        rows = 2 if guided else 1
         with self.autocast:
-            out = model.forward_generation(model.embed_prompt(ids), interpolate(x0, x1, t), t * TIME_SCALE,
-                                           attention_mask=mask, position_ids=position_ids_from_left_padding(mask))
-        return flow_errors(out.velocity, x0, x1)
+            out = model.forward_generation(model.embed_prompt(ids), torch.cat([x_t] * rows),
+                                           torch.cat([t] * rows) * TIME_SCALE, attention_mask=mask,
+                                           position_ids=position_ids_from_left_padding(mask))
+        velocity = guided_velocity(*out.velocity.float().chunk(2), self.guidance) if guided else out.velocity
+        return flow_errors(velocity, x0, x1)
 
     def loss(self, prompts: list[str], win: torch.Tensor, lose: torch.Tensor,
              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,7 +213,7 @@ def run(model_dir: str | os.PathLike, out: str | os.PathLike, cfg: PreferenceCon
     device = resolve_device(device)
     pipe = JanusFlowPipeline.from_pretrained(start, device=device, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    dpo = FlowDPO(pipe.model, pipe.processor, cfg.beta, cfg.t_max)  # the reference: the start model
+    dpo = FlowDPO(pipe.model, pipe.processor, cfg.beta, cfg.t_max, cfg.guidance)  # the reference: the start model
     if first:  # resume: the policy of the last finished round
         from ...checkpoint import read_safetensors
 
