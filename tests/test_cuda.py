@@ -1,5 +1,5 @@
 """The CUDA paths (skipped without a GPU): generation and understanding on CUDA agree with the CPU
-in fp32, run in bf16 (the CUDA default) with finite results, and a training step runs on CUDA."""
+in fp32, run in bf16 (the CUDA default) with finite results, a training step and a preference round run on CUDA."""
 
 from __future__ import annotations
 
@@ -78,3 +78,19 @@ def test_training_steps_on_cuda_with_data_workers(tmp_path):
     assert result["step"] == 6 and not result["stopped"]
     assert next(task.module.parameters()).device.type == "cuda"
     assert all(torch.isfinite(torch.tensor(v)) for v in result["logs"].values())
+
+
+def test_a_preference_round_runs_on_cuda(tiny, tmp_path):
+    from janusflow.shapes.recipe.preference import PreferenceConfig, round_dir, run
+
+    calls = []
+
+    def every_other(spec, image):
+        calls.append(spec.text)
+        return len(calls) % 2 == 0
+
+    cfg = PreferenceConfig(rounds=2, prompts={"counting": 2}, images_per_prompt=2, steps=2, batch_pairs=2,
+                           guidance=2.0)
+    records = run(tiny, tmp_path / "run", cfg, device="cuda", judge=every_other, log=lambda s: None)
+    assert [r["pairs"] for r in records] == [2, 2] and all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
+    assert (round_dir(tmp_path / "run", 1) / "model.safetensors").is_file()
