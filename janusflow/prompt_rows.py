@@ -1,5 +1,5 @@
 """Prompt rows as the LLM reads them: left padding, the unconditional rows of classifier-free
-guidance, and position ids that count from each row's BOS.
+guidance, position ids that count from each row's BOS, and the key mask of a generation sequence.
 
 Batches are LEFT padded (pad id, attention mask 0), so every prompt ends in the last column, where
 the sampler puts the time embedding.
@@ -69,6 +69,15 @@ def position_ids_from_left_padding(attention_mask: torch.Tensor) -> torch.Tensor
     bos_index = attended.to(torch.int64).argmax(dim=1, keepdim=True)  # (B, 1)
     columns = torch.arange(attention_mask.shape[1], device=attention_mask.device)[None, :]
     return (columns - bos_index).clamp(min=0)
+
+
+def generation_mask(prompt_mask: torch.Tensor, num_image_tokens: int) -> torch.Tensor:
+    """(R, L) prompt mask -> (R, L-1+1+N) key mask of the generation sequence [prompt[:-1], t_emb, N
+    image tokens]: the prompt's mask without the generation tag's column, then 1 for the t slot (which
+    takes the tag's place) and every image token."""
+    R, L = prompt_mask.shape
+    ones = torch.ones(R, 1 + num_image_tokens, dtype=prompt_mask.dtype, device=prompt_mask.device)
+    return torch.cat([prompt_mask[:, : L - 1], ones], dim=1)
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -40,7 +40,7 @@ import torch
 
 from .errors import InputError
 from .flow import TIME_SCALE, guided_velocity
-from .processor import position_ids_from_left_padding
+from .prompt_rows import generation_mask, position_ids_from_left_padding
 
 SOLVERS = {"euler": 1, "heun": 2, "midpoint": 2}  # solver -> model evaluations per step
 SCHEDULES = ("uniform", "shifted")
@@ -111,8 +111,7 @@ class VelocityField:
         R, L = tokens.shape
         self.rows, self.prefix_len = R, L - 1
         self.prefix = model.embed_prompt(tokens)  # (R, L-1, D)
-        ones = torch.ones(R, 1 + num_image_tokens, dtype=prompt_mask.dtype, device=prompt_mask.device)
-        self.mask = torch.cat([prompt_mask[:, : L - 1], ones], dim=1)  # (R, L-1+1+N); the t slot attends
+        self.mask = generation_mask(prompt_mask, num_image_tokens)  # (R, L-1+1+N); the t slot attends
         self.positions = position_ids_from_left_padding(self.mask)  # (R, L-1+1+N)
         self.prompt_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         if use_cache:

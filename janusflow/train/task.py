@@ -24,6 +24,7 @@ from ..errors import ConfigError, InputError
 from ..flow import TIME_SCALE, interpolate
 from ..modeling import JanusFlowModel
 from ..processor import JanusFlowProcessor, position_ids_from_left_padding
+from ..prompt_rows import generation_mask
 from . import lora as lora_utils
 from .collate import (IGNORE, CollateConfig, GenItem, JanusFlowBatch, ce_batch, encode_conversation, encode_text,
                       gen_batch, to_model_inputs, und_batch)
@@ -101,12 +102,10 @@ class JanusFlowObjective(nn.Module):
 
     def _flow_terms(self, g):
         model = self.model
-        B, L = g.input_ids.shape
         x1 = g.latents
         N = model.config.gen_vision.grid_for(x1.shape[-1]) ** 2
         prefix = model.embed_prompt(g.input_ids)  # (B, L-1, D)
-        ones = torch.ones(B, 1 + N, dtype=g.attention_mask.dtype, device=g.attention_mask.device)
-        mask = torch.cat([g.attention_mask[:, : L - 1], ones], dim=1)  # (B, L-1+1+N), the t slot attends
+        mask = generation_mask(g.attention_mask, N)  # (B, L-1+1+N), the t slot attends
         x_t = interpolate(g.x0, x1, g.t)
         out = model.forward_generation(prefix, x_t, g.t * TIME_SCALE, attention_mask=mask,
                                        position_ids=position_ids_from_left_padding(mask),
@@ -134,8 +133,7 @@ class JanusFlowObjective(nn.Module):
         if not bool(used.any()):
             return zero, {}
         rows, ids, prompt_mask = g.neg_rows[used], g.neg_ids[used], g.neg_mask[used]
-        ones = torch.ones(len(rows), 1 + N, dtype=prompt_mask.dtype, device=prompt_mask.device)
-        mask = torch.cat([prompt_mask[:, : ids.shape[1] - 1], ones], dim=1)
+        mask = generation_mask(prompt_mask, N)
         out = self.model.forward_generation(self.model.embed_prompt(ids), x_t[rows], g.t[rows] * TIME_SCALE,
                                             attention_mask=mask, position_ids=position_ids_from_left_padding(mask))
         error_negative = flow_errors(out.velocity, g.x0[rows], g.latents[rows])  # (K,)

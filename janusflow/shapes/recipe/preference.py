@@ -41,7 +41,7 @@ import torch
 
 from ...errors import ConfigError
 from ...flow import TIME_SCALE, guided_velocity, interpolate, sample_time
-from ...processor import position_ids_from_left_padding
+from ...prompt_rows import generation_mask, position_ids_from_left_padding
 from ...train.losses import flow_dpo_loss, flow_errors
 from ..prompts import PromptSpec, all_prompts
 from ..scorer import score_image
@@ -123,7 +123,7 @@ def collect(pipe, specs: list[PromptSpec], images_per_prompt: int, pairs_per_pro
         ok, n = tally.get(spec.tag, (0, 0))
         tally[spec.tag] = (ok + sum(passed), n + k)
         pairs += [(spec.text, p * k + w, p * k + l) for w, l in pair_up(passed, pairs_per_prompt, rng)]
-    return Collected(latents.float().cpu(), pairs, {t: round(ok / n, 4) for t, (ok, n) in tally.items()})
+    return Collected(latents.cpu(), pairs, {t: round(ok / n, 4) for t, (ok, n) in tally.items()})
 
 
 class FlowDPO:
@@ -144,8 +144,7 @@ class FlowDPO:
         batch = self.processor.build_generation_batch(prompts, 1, guidance=guided).to(x1.device)
         ids, prompt_mask = batch.input_ids, batch.attention_mask
         n = model.config.gen_vision.grid_for(x1.shape[-1]) * model.config.gen_vision.grid_for(x1.shape[-2])
-        ones = torch.ones(len(ids), 1 + n, dtype=prompt_mask.dtype, device=prompt_mask.device)
-        mask = torch.cat([prompt_mask[:, : ids.shape[1] - 1], ones], dim=1)
+        mask = generation_mask(prompt_mask, n)
         x_t = interpolate(x0, x1, t)
         rows = 2 if guided else 1
         with self.autocast:
@@ -169,10 +168,12 @@ class FlowDPO:
         return per_pair.mean(), logits
 
 
-def _batches(collected: Collected, size: int, rng: random.Random):
-    picks = [collected.pairs[rng.randrange(len(collected.pairs))] for _ in range(size)]
+def pair_batch(collected: Collected, picks: list[tuple[str, int, int]],
+               device: torch.device) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """(prompts, winner latents, loser latents) of ``picks``, the latents on ``device``."""
     rows = torch.tensor([[w, l] for _, w, l in picks])
-    return [p for p, _, _ in picks], collected.latents[rows[:, 0]], collected.latents[rows[:, 1]]
+    win, lose = collected.latents[rows[:, 0]], collected.latents[rows[:, 1]]
+    return [p for p, _, _ in picks], win.to(device), lose.to(device)
 
 
 def ranked_right(dpo: FlowDPO, collected: Collected, generator: torch.Generator, limit: int = 256) -> float | None:
@@ -183,11 +184,7 @@ def ranked_right(dpo: FlowDPO, collected: Collected, generator: torch.Generator,
     right = 0
     with torch.no_grad():
         for i in range(0, len(pairs), 32):
-            chunk = pairs[i:i + 32]
-            rows = torch.tensor([[w, l] for _, w, l in chunk])
-            device = dpo.policy.device
-            win, lose = collected.latents[rows[:, 0]].to(device), collected.latents[rows[:, 1]].to(device)
-            _, logits = dpo.loss([p for p, _, _ in chunk], win, lose, generator)
+            _, logits = dpo.loss(*pair_batch(collected, pairs[i:i + 32], dpo.policy.device), generator)
             right += int((logits > 0).sum())
     return right / len(pairs)
 
@@ -220,10 +217,11 @@ def run(model_dir: str | os.PathLike, out: str | os.PathLike, cfg: PreferenceCon
         pipe.model.load_state_dict(read_safetensors([round_dir(out, first - 1) / "model.safetensors"]))
     out.mkdir(parents=True, exist_ok=True)
     for r in range(first, cfg.rounds):
-        rng, generator = random.Random(cfg.seed * 1000 + r), torch.Generator().manual_seed(cfg.seed * 1000 + r)
+        round_seed = cfg.seed * 1000 + r
+        rng, generator = random.Random(round_seed), torch.Generator().manual_seed(round_seed)
         pipe.model.eval()
         collected = collect(pipe, draw_prompts(rng, cfg.prompts), cfg.images_per_prompt, cfg.pairs_per_prompt,
-                            cfg.seed * 1000 + r, rng, judge, cfg.sample_batch)
+                            round_seed, rng, judge, cfg.sample_batch)
         record = {"round": r, "pass": collected.pass_rates, "pairs": len(collected.pairs),
                   "ranked_right": ranked_right(dpo, collected, generator) if r else None}
         losses = []
@@ -232,8 +230,8 @@ def run(model_dir: str | os.PathLike, out: str | os.PathLike, cfg: PreferenceCon
             params = [p for p in pipe.model.parameters() if p.requires_grad]
             optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
             for _ in range(cfg.steps):
-                prompts, win, lose = _batches(collected, cfg.batch_pairs, rng)
-                loss, _ = dpo.loss(prompts, win.to(device), lose.to(device), generator)
+                picks = [collected.pairs[rng.randrange(len(collected.pairs))] for _ in range(cfg.batch_pairs)]
+                loss, _ = dpo.loss(*pair_batch(collected, picks, device), generator)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip:
