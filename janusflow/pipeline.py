@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .best_of import Judge, best_candidates, check_candidates
 from .errors import CheckpointError, InputError
 from .sampler import SamplerConfig, initial_noise, sample_latents
 from .vae import check_finite, decode, load_vae, to_pil
@@ -130,6 +131,8 @@ class JanusFlowPipeline:
         batch_size: int | None = None,
         use_prompt_cache: bool = True,
         callback: Callable[[int, int], None] | None = None,
+        candidates: int = 1,
+        judge: Judge | None = None,
     ) -> JanusFlowPipelineOutput:
         """Generate ``num_images_per_prompt`` images for each prompt.
 
@@ -137,20 +140,24 @@ class JanusFlowPipeline:
         ``torch.Generator``, a list with one per image, or an int seed; ``latents`` (B, C, S, S)
         replaces the drawn noise. ``batch_size`` caps the images sampled together (None: all);
         the noise is drawn up front, so it does not change the result. ``callback(step, num_steps)``
-        runs after every step of every batch.
+        runs after every step of every batch. ``candidates`` > 1: each image is the best of that many
+        samples by ``judge`` (``best_of``); ``latents`` then holds one noise per candidate.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         cfg = SamplerConfig(num_inference_steps, guidance_scale, solver, schedule, shift, use_prompt_cache)
         cfg.validate()
+        check_candidates(candidates, judge, prompts)
         if output_type not in OUTPUT_TYPES:
             raise InputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if output_type != "latent" and self.vae is None:
             raise InputError("no VAE to decode the latents: pass vae=... (a diffusers AutoencoderKL folder) "
                              "or output_type='latent'")
+        if candidates != 1 and self.vae is None:
+            raise InputError("the judge reads images: pass vae=... (a diffusers AutoencoderKL folder)")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.processor.build_generation_batch(prompts, num_images_per_prompt, guidance=False)  # validates all
-        rows = [p for p in prompts for _ in range(num_images_per_prompt)]
+        rows = [p for p in prompts for _ in range(num_images_per_prompt * candidates)]
         z0 = self._noise(len(rows), generator, latents)
 
         from tqdm.auto import tqdm
@@ -174,11 +181,17 @@ class JanusFlowPipeline:
                                           z0[chunk.start:chunk.stop], cfg, progress=progress).latents)
         finally:
             bar.close()
-        z = torch.cat(out)  # (B, C, S, S)
+        z = torch.cat(out)  # (B * candidates, C, S, S)
         check_finite(z)
+        images = None
+        if candidates > 1:
+            images = decode(self.vae, z)  # (B * candidates, 3, H, W) in [-1, 1]
+            keep = best_candidates(prompts, num_images_per_prompt, candidates, to_pil(images), judge)
+            z, images = z[keep], images[keep]  # (B, ...)
         if output_type == "latent":
             return JanusFlowPipelineOutput(z)
-        images = decode(self.vae, z)  # (B, 3, H, W) in [-1, 1]
+        if images is None:
+            images = decode(self.vae, z)  # (B, 3, H, W) in [-1, 1]
         if output_type == "pil":
             return JanusFlowPipelineOutput(to_pil(images))
         unit = (images + 1) / 2  # (B, 3, H, W) in [0, 1]
@@ -241,6 +254,8 @@ def generate_geneval(pipe: JanusFlowPipeline, metadata_file: str | os.PathLike, 
     for number, (_, obj) in enumerate(entries):  # refuse a bad prompt before hours of work
         try:
             pipe.processor.encode_generation_prompt(obj["prompt"])
+            if call_kwargs.get("judge") is not None:
+                call_kwargs["judge"].validate(obj["prompt"])
         except InputError as e:
             raise InputError(f"prompt {number} ({obj['prompt'][:40]!r}): {e}") from None
     out = Path(os.fspath(out_dir))

@@ -1,12 +1,13 @@
 """``janusflow eval shapes``: the shapes-world scores of a model, through the public file layouts.
 
     janusflow eval shapes [--model DIR] [--out DIR] [--prompts-per-category 50] [--images-per-prompt 4]
-                          [--questions 1000] [--seed 0]
+                          [--questions 1000] [--seed 0] [--candidates 1]
 
 Generation: the GenEval metadata of ``evaluate.geneval_metadata`` (every category, its prompts
 cycled) -> ``pipeline.generate_geneval`` (what ``janusflow generate --geneval-metadata`` runs; prompt i
 draws its noise from seed + i) at the default sampler settings (30 Euler steps, guidance 2) ->
-``evaluate.score_geneval_folder``. Understanding: ``evaluate.llava_questions`` (fresh scenes, one
+``evaluate.score_geneval_folder``; ``--candidates N`` keeps each image as the best of N by the model's
+own self-check (``self_check.py``), the one-image latency included. Understanding: ``evaluate.llava_questions`` (fresh scenes, one
 question each) -> ``understanding.answer_llava_questions`` (what ``janusflow ask --question-file``
 runs; greedy) -> ``evaluate.score_llava_answers``. Written under OUT:
 
@@ -64,7 +65,8 @@ def _latency(fn, repeats: int) -> dict[str, float] | None:
 def evaluate_shapes(model: str | os.PathLike, out: str | os.PathLike, prompts_per_category: int = 50,
                     images_per_prompt: int = 4, questions: int = 1000, seed: int = 0,
                     steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE, batch_size: int = 8,
-                    device: str | None = None, show_progress: bool = True, latency_repeats: int = 5) -> dict[str, Any]:
+                    device: str | None = None, show_progress: bool = True, latency_repeats: int = 5,
+                    candidates: int = 1) -> dict[str, Any]:
     """Generate, answer and score (see the module docstring); returns what results.json holds."""
     import torch
 
@@ -74,9 +76,10 @@ def evaluate_shapes(model: str | os.PathLike, out: str | os.PathLike, prompts_pe
     from .evaluate import geneval_metadata, llava_questions, read_jsonl, score_geneval_folder, score_llava_answers
     from .evaluate import write_jsonl
     from .grid import sample_grid
+    from .self_check import ShapesJudge
 
     for name, value in (("prompts per category", prompts_per_category), ("images per prompt", images_per_prompt),
-                        ("questions", questions), ("batch size", batch_size)):
+                        ("questions", questions), ("batch size", batch_size), ("candidates", candidates)):
         if value < 1:
             raise InputError(f"the number of {name} must be at least 1, got {value}")
     model, out = Path(os.fspath(model)), Path(os.fspath(out))
@@ -86,6 +89,7 @@ def evaluate_shapes(model: str | os.PathLike, out: str | os.PathLike, prompts_pe
     pipe.set_progress_bar_config(disable=True)
     chat = JanusFlowChat(pipe.model, pipe.processor)
     sampler = {"num_inference_steps": steps, "guidance_scale": guidance}
+    best_of = {"candidates": candidates, "judge": ShapesJudge(chat)} if candidates > 1 else {}
     decoding = DecodingConfig(max_new_tokens=MAX_ANSWER_TOKENS)
 
     # generation, in the GenEval layout (a fresh folder: old images may come from another model)
@@ -94,7 +98,7 @@ def evaluate_shapes(model: str | os.PathLike, out: str | os.PathLike, prompts_pe
     write_jsonl(gen_dir / "metadata.jsonl", geneval_metadata(prompts_per_category, seed))
     with _Clock() as gen_clock:
         generate_geneval(pipe, gen_dir / "metadata.jsonl", gen_dir / "images", images_per_prompt, seed,
-                         show_progress=show_progress, **sampler)
+                         show_progress=show_progress, **sampler, **best_of)
     generation = score_geneval_folder(gen_dir / "images")
     out.mkdir(parents=True, exist_ok=True)
     sample_grid(gen_dir / "images").save(out / "grid.png")  # the first image of 6 prompts a category
@@ -117,7 +121,8 @@ def evaluate_shapes(model: str | os.PathLike, out: str | os.PathLike, prompts_pe
         "generation": {"images": n_images, "wall_seconds": gen_clock.wall, "cpu_seconds": gen_clock.cpu,
                        "wall_seconds_per_image": gen_clock.wall / n_images,
                        "cpu_seconds_per_image": gen_clock.cpu / n_images,
-                       "one_image": _latency(lambda: pipe("a red circle", generator=seed, **sampler), latency_repeats)},
+                       "one_image": _latency(lambda: pipe("a red circle", generator=seed, **sampler, **best_of),
+                                             latency_repeats)},
         "understanding": {"answers": questions, "wall_seconds": und_clock.wall, "cpu_seconds": und_clock.cpu,
                           "wall_seconds_per_answer": und_clock.wall / questions,
                           "cpu_seconds_per_answer": und_clock.cpu / questions,
@@ -128,6 +133,7 @@ def evaluate_shapes(model: str | os.PathLike, out: str | os.PathLike, prompts_pe
         "model": str(model.resolve()),
         "settings": {"prompts_per_category": prompts_per_category, "images_per_prompt": images_per_prompt,
                      "questions": questions, "seed": seed, "solver": "euler", "schedule": "uniform", **sampler,
+                     "candidates": candidates,
                      "answer_batch_size": batch_size, "max_new_tokens": MAX_ANSWER_TOKENS, "decoding": "greedy",
                      "device": str(pipe.device), "dtype": str(pipe.model.dtype).removeprefix("torch."),
                      "model_config": pipe.model.config.to_dict()},
@@ -146,8 +152,9 @@ def format_results(results: dict[str, Any]) -> str:
 
     gen, und, timing = results["generation"], results["understanding"], results["timing"]
     s = results["settings"]
+    best_of = f", each the best of {s['candidates']} by self-check" if s.get("candidates", 1) > 1 else ""
     lines = [f"generation ({gen['n_images']} images: {s['prompts_per_category']} prompts a category x "
-             f"{s['images_per_prompt']}, {s['num_inference_steps']} steps, guidance {s['guidance_scale']:g})"]
+             f"{s['images_per_prompt']}, {s['num_inference_steps']} steps, guidance {s['guidance_scale']:g}{best_of})"]
     lines += [f"  {tag:<14} {gen[tag]:.3f}" for tag in CATEGORIES if tag in gen]
     lines.append(f"  {'overall':<14} {gen['overall']:.3f}")
     lines.append(f"understanding ({und['n_questions']} questions)")
@@ -175,6 +182,8 @@ def format_results(results: dict[str, Any]) -> str:
          arg("--questions", type=int, default=1000),
          arg("--seed", type=int, default=0),
          arg("--batch-size", type=int, default=8, help="questions answered together"),
+         arg("--candidates", type=int, default=1, metavar="N",
+             help="each image the best of N by the model's self-check (default 1: the plain sampler)"),
          arg("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"),
          arg("--device", default=None, help="cpu, cuda, ... (default: cuda if available)"))
 def eval_main(args: argparse.Namespace) -> int:
@@ -189,7 +198,7 @@ def eval_main(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     folder = model_dir(args)
     results = evaluate_shapes(folder, args.out, args.prompts_per_category, args.images_per_prompt, args.questions,
-                              args.seed, batch_size=args.batch_size, device=args.device)
+                              args.seed, batch_size=args.batch_size, device=args.device, candidates=args.candidates)
     print(format_results(results))
     print(f"results: {Path(args.out) / 'results.json'}")
     return 0

@@ -1,0 +1,108 @@
+"""The shapes world's self-check: a model judges its own images with its understanding path.
+
+For a shapes-world prompt the judge asks the image the questions (forms of ``questions.py``) whose
+answers the prompt fixes, and scores it by the share of checks the model's own greedy answers pass:
+
+    category       questions -> the check on the answer
+    single_object  how many {shape}s are there?            -> not "zero"
+    two_object     how many {shape}s are there?            -> not "zero"
+                   how many {shape2}s are there?           -> not "zero"
+    counting       how many shapes are there?              -> {number}
+                   how many {shape}s are there?            -> {number}
+    colors         what color is the {shape}?              -> {color}
+                   is there a {color} {shape}?             -> yes
+    position       what color is the {shape}?   -> c        (two rounds: the relation question
+                   what color is the {shape2}?  -> c2        needs both objects' colours)
+                   is the {c} {shape} {relation} the {c2} {shape2}?  -> yes  (the only check; it fails
+                                                              when c or c2 is not a colour)
+    color_attr     is there a {color} {shape}?             -> yes
+                   is there a {color2} {shape2}?           -> yes
+                   what color is the {shape}?              -> {color}
+                   what color is the {shape2}?             -> {color2}
+
+Used by ``best_of``: ``pipe(prompt, candidates=4, judge=ShapesJudge(chat))``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from PIL import Image
+
+from ..errors import InputError
+from ..understanding import DecodingConfig
+from .prompts import PromptSpec, parse_prompt
+from .world import COLORS, number_word
+
+MAX_ANSWER_TOKENS = 8  # every checked answer is one word
+
+Check = tuple[str, Callable[[str], bool]]  # (question, test of the answer)
+
+
+def _how_many(shape: str) -> str:
+    return f"how many {shape}s are there?"
+
+
+def first_round(spec: PromptSpec) -> list[Check]:
+    """The checks asked of every image (for `position`, the two colour questions, always true)."""
+    s = spec
+    if s.tag == "single_object":
+        return [(_how_many(s.shape), lambda a: a != "zero")]
+    if s.tag == "two_object":
+        return [(_how_many(s.shape), lambda a: a != "zero"), (_how_many(s.shape2), lambda a: a != "zero")]
+    if s.tag == "counting":
+        word = number_word(s.number)
+        return [("how many shapes are there?", lambda a: a == word), (_how_many(s.shape), lambda a: a == word)]
+    if s.tag == "colors":
+        return [(f"what color is the {s.shape}?", lambda a: a == s.color),
+                (f"is there a {s.color} {s.shape}?", lambda a: a == "yes")]
+    if s.tag == "position":
+        return [(f"what color is the {s.shape}?", lambda a: True), (f"what color is the {s.shape2}?", lambda a: True)]
+    if s.tag == "color_attr":
+        return [(f"is there a {s.color} {s.shape}?", lambda a: a == "yes"),
+                (f"is there a {s.color2} {s.shape2}?", lambda a: a == "yes"),
+                (f"what color is the {s.shape}?", lambda a: a == s.color),
+                (f"what color is the {s.shape2}?", lambda a: a == s.color2)]
+    raise ValueError(f"unknown generation category {s.tag!r}")
+
+
+def relation_question(spec: PromptSpec, color: str, color2: str) -> str | None:
+    """The `position` check's question, given the colours the model read; None when it cannot be asked."""
+    if color not in COLORS or color2 not in COLORS:
+        return None
+    return f"is the {color} {spec.shape} {spec.relation} the {color2} {spec.shape2}?"
+
+
+class ShapesJudge:
+    """``best_of.Judge`` for shapes-world prompts; ``ask(items)`` answers [(image, question), ...]."""
+
+    def __init__(self, chat, batch_size: int = 64):
+        self.chat, self.batch_size = chat, batch_size
+        self.decoding = DecodingConfig(max_new_tokens=MAX_ANSWER_TOKENS)
+
+    def __repr__(self) -> str:
+        return "ShapesJudge(the model's own answers to the prompt's questions)"
+
+    def validate(self, prompt: str) -> PromptSpec:
+        try:
+            return parse_prompt(prompt)
+        except ValueError as e:
+            raise InputError(f"the shapes self-check reads shapes-world prompts only: {e}") from None
+
+    def ask(self, items: Sequence[tuple[Image.Image, str]]) -> list[str]:
+        answers = []
+        for i in range(0, len(items), self.batch_size):
+            chunk = items[i:i + self.batch_size]
+            answers += self.chat.ask_batch([([image], question) for image, question in chunk], config=self.decoding)
+        return [a.strip().lower() for a in answers]
+
+    def __call__(self, prompt: str, images: Sequence[Image.Image]) -> list[float]:
+        spec = self.validate(prompt)
+        checks = first_round(spec)
+        answers = self.ask([(image, question) for image in images for question, _ in checks])
+        per_image = [answers[i * len(checks):(i + 1) * len(checks)] for i in range(len(images))]
+        if spec.tag != "position":
+            return [sum(test(a) for (_, test), a in zip(checks, got)) / len(checks) for got in per_image]
+        asked = {i: q for i, got in enumerate(per_image) if (q := relation_question(spec, *got)) is not None}
+        replies = dict(zip(asked, self.ask([(images[i], q) for i, q in asked.items()])))
+        return [float(replies.get(i) == "yes") for i in range(len(images))]
