@@ -284,6 +284,24 @@ def test_eval_shapes_command_end_to_end(tmp_path, capsys):
     assert main(["eval", "shapes", "--model", str(model), "--out", str(out), "--questions", "0"]) == 1
 
 
+def test_eval_shapes_best_of_candidates(tmp_path, capsys):
+    """`--candidates 2`: the same layouts and image count, each image judged among two, recorded."""
+    from janusflow.cli import main
+    from janusflow.serve.tiny_model import build_tiny_model_folder
+
+    model = build_tiny_model_folder(tmp_path / "tiny")
+    out = tmp_path / "eval"
+    args = ["eval", "shapes", "--model", str(model), "--out", str(out), "--prompts-per-category", "1",
+            "--images-per-prompt", "1", "--questions", "2", "--threads", "1"]
+    assert main([*args, "--candidates", "2"]) == 0
+    assert "each the best of 2 by self-check" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert results["generation"]["n_images"] == 6 and results["settings"]["candidates"] == 2
+    assert len(list((out / "geneval" / "images").glob("*/samples/*.png"))) == 6
+    assert main([*args, "--candidates", "0"]) == 1
+    assert "candidates must be at least 1" in capsys.readouterr().err
+
+
 def test_entry_point_snapshot_parts_and_a_step_override(tiny_parts, tmp_path, capsys):
     """`unified snapshot-parts` takes finished parts from the parts folder; `unified train --steps`
     overrides a stage's budget; a second call skips the finished stage."""
