@@ -186,7 +186,7 @@ def create_app(engine: Engine, limits: ServeLimits | None = None, *, ui: bool = 
 
         def work(job):
             return engine.generate(body.prompt, body.num_images, body.steps, body.guidance_scale, seed,
-                                   body.solver, progress=job.progress)
+                                   body.solver, progress=job.progress, candidates=body.candidates)
 
         images = await run_on_model(worker, work, "prompt")
         encoded = await run_in_threadpool(lambda: [encode_png_base64(image) for image in images])

@@ -26,8 +26,9 @@ Turn = tuple[str, str]  # (question, answer) of an earlier turn of the same chat
 
 class Engine(Protocol):
     def generate(self, prompt: str, num_images: int, steps: int, guidance_scale: float, seed: int,
-                 solver: str, progress: Progress | None = None) -> list[Image.Image]:
-        """``num_images`` images for one prompt; the same seed gives the same images."""
+                 solver: str, progress: Progress | None = None, candidates: int = 1) -> list[Image.Image]:
+        """``num_images`` images for one prompt; the same seed gives the same images. ``candidates`` > 1:
+        each image is the best of that many by the model's self-check (``best_of``)."""
 
     def ask(self, image: Image.Image, question: str, max_new_tokens: int, streamer=None,
             history: Sequence[Turn] = ()) -> str:
@@ -76,10 +77,13 @@ class ModelEngine:
         return cls(pipe, JanusFlowChat(pipe.model, pipe.processor))
 
     def generate(self, prompt: str, num_images: int, steps: int, guidance_scale: float, seed: int,
-                 solver: str, progress: Progress | None = None) -> list[Image.Image]:
+                 solver: str, progress: Progress | None = None, candidates: int = 1) -> list[Image.Image]:
+        from ..shapes.self_check import ShapesJudge
+
+        judge = ShapesJudge(self.chat) if candidates > 1 else None
         return self.pipe(prompt, num_inference_steps=steps, guidance_scale=float(guidance_scale),
                          num_images_per_prompt=num_images, generator=seed, solver=solver, output_type="pil",
-                         callback=progress).images
+                         callback=progress, candidates=candidates, judge=judge).images
 
     def ask(self, image: Image.Image, question: str, max_new_tokens: int, streamer=None,
             history: Sequence[Turn] = ()) -> str:

@@ -22,6 +22,8 @@ class ServeLimits:
         "doc": "width x height of an uploaded image, read from its header before decoding (decompression bombs)"})
     max_steps: int = field(default=100, metadata={"doc": "ODE steps of one generation"})
     max_images_per_request: int = field(default=4, metadata={"doc": "images one generation request may ask for"})
+    max_candidates: int = field(default=4, metadata={
+        "doc": "samples drawn for each image of a request that asks for the best of several (self-check)"})
     max_guidance_scale: float = field(default=20.0, metadata={"doc": "largest classifier-free guidance weight"})
     max_new_tokens: int = field(default=512, metadata={"doc": "tokens one answer may have"})
     max_body_bytes: int = field(default=16 * 2**20, metadata={"doc": "bytes of a request body"})

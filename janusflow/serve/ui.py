@@ -119,16 +119,16 @@ def build_ui(engine: Engine, worker: ModelWorker, limits: ServeLimits) -> gr.Blo
         except (ValueError, ServeError, QueueFull, RequestTimeout, Cancelled, JanusFlowError) as e:
             raise _user_error(e) from None
 
-    def generate(prompt, steps, guidance_scale, seed, num_images, solver, progress=gr.Progress()):
+    def generate(prompt, steps, guidance_scale, seed, num_images, solver, candidates, progress=gr.Progress()):
         try:
             seed = None if seed is None or int(seed) < 0 else int(seed)
             body = GenerateRequest(prompt=prompt or "", steps=int(steps), guidance_scale=float(guidance_scale),
-                                   seed=seed, num_images=int(num_images), solver=solver)
+                                   seed=seed, num_images=int(num_images), solver=solver, candidates=int(candidates))
             seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
             progress(0, desc="waiting for the model")
             job = worker.submit(lambda job: engine.generate(body.prompt, body.num_images, body.steps,
                                                             body.guidance_scale, seed, body.solver,
-                                                            progress=job.progress))
+                                                            progress=job.progress, candidates=body.candidates))
 
             def show(job):
                 if job.steps_total:
@@ -170,9 +170,11 @@ def build_ui(engine: Engine, worker: ModelWorker, limits: ServeLimits) -> gr.Blo
                     seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="gen-seed-input")
                     num_images = gr.Slider(1, limits.max_images_per_request, value=1, step=1, label="Images", elem_id="gen-images")
                     solver = gr.Dropdown(list(SOLVERS), value="euler", label="Solver")
+                    candidates = gr.Slider(1, limits.max_candidates, value=1, step=1, elem_id="gen-candidates",
+                                           label="Candidates (the best of N by the model's self-check)")
                     run = gr.Button("Generate", variant="primary", elem_id="gen-button")
                 with gr.Column(scale=2):
                     gallery = gr.Gallery(label="Results", columns=2, elem_id="gallery", format="png")
                     used_seed = gr.Markdown(elem_id="gen-seed")
-            run.click(generate, [prompt, steps, guidance, seed, num_images, solver], [gallery, used_seed])
+            run.click(generate, [prompt, steps, guidance, seed, num_images, solver, candidates], [gallery, used_seed])
     return blocks
