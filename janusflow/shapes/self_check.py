@@ -3,24 +3,27 @@
 For a shapes-world prompt the judge asks the image the questions (forms of ``questions.py``) whose
 answers the prompt fixes, and scores it by the share of checks the model's own greedy answers pass:
 
-    category       questions -> the check on the answer
-    single_object  how many {shape}s are there?            -> not "zero"
-    two_object     how many {shape}s are there?            -> not "zero"
-                   how many {shape2}s are there?           -> not "zero"
-    counting       how many shapes are there?              -> {number}
-                   how many {shape}s are there?            -> {number}
-    colors         what color is the {shape}?              -> {color}
-                   is there a {color} {shape}?             -> yes
-    position       what color is the {shape}?   -> c        (two rounds: the relation question
-                   what color is the {shape2}?  -> c2        needs both objects' colours)
-                   is the {c} {shape} {relation} the {c2} {shape2}?  -> yes  (the only check; it fails
-                                                              when c or c2 is not a colour)
-    color_attr     is there a {color} {shape}?             -> yes
-                   is there a {color2} {shape2}?           -> yes
-                   what color is the {shape}?              -> {color}
-                   what color is the {shape2}?             -> {color2}
+    category       question                                 check on the answer
+    single_object  how many {shape}s are there?             not "zero"
+    two_object     how many {shape}s are there?             not "zero"
+                   how many {shape2}s are there?            not "zero"
+    counting       how many shapes are there?               {number}
+                   how many {shape}s are there?             {number}
+                   how many {other}s are there?             "zero"   (each of the two other shapes)
+    colors         what color is the {shape}?               {color}
+                   is there a {color} {shape}?              yes
+    position       how many {shape}s are there?             not "zero"
+                   how many {shape2}s are there?            not "zero"
+                   is the {c} {shape} {relation} the {c2} {shape2}?   yes, where c and c2 are the model's
+                        answers to "what color is the {shape}?" and "... the {shape2}?" (a second round;
+                        the check fails when either answer is not a colour)
+    color_attr     is there a {color} {shape}?              yes
+                   is there a {color2} {shape2}?            yes
+                   what color is the {shape}?               {color}
+                   what color is the {shape2}?              {color2}
 
-Used by ``best_of``: ``pipe(prompt, candidates=4, judge=ShapesJudge(chat))``.
+The model counts to four (the world's scenes hold one to four objects), so a fifth object of the
+counted shape goes unseen. Used by ``best_of``: ``pipe(prompt, candidates=4, judge=ShapesJudge(chat))``.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from PIL import Image
 from ..errors import InputError
 from ..understanding import DecodingConfig
 from .prompts import PromptSpec, parse_prompt
-from .world import COLORS, number_word
+from .world import COLORS, SHAPES, number_word
 
 MAX_ANSWER_TOKENS = 8  # every checked answer is one word
 
@@ -44,26 +47,30 @@ def _how_many(shape: str) -> str:
 
 
 def first_round(spec: PromptSpec) -> list[Check]:
-    """The checks asked of every image (for `position`, the two colour questions, always true)."""
+    """The checks asked of every image (for `position`, all but the relation, which needs colours)."""
     s = spec
     if s.tag == "single_object":
         return [(_how_many(s.shape), lambda a: a != "zero")]
-    if s.tag == "two_object":
+    if s.tag in ("two_object", "position"):
         return [(_how_many(s.shape), lambda a: a != "zero"), (_how_many(s.shape2), lambda a: a != "zero")]
     if s.tag == "counting":
         word = number_word(s.number)
-        return [("how many shapes are there?", lambda a: a == word), (_how_many(s.shape), lambda a: a == word)]
+        return [("how many shapes are there?", lambda a: a == word), (_how_many(s.shape), lambda a: a == word),
+                *[(_how_many(other), lambda a: a == "zero") for other in SHAPES if other != s.shape]]
     if s.tag == "colors":
         return [(f"what color is the {s.shape}?", lambda a: a == s.color),
                 (f"is there a {s.color} {s.shape}?", lambda a: a == "yes")]
-    if s.tag == "position":
-        return [(f"what color is the {s.shape}?", lambda a: True), (f"what color is the {s.shape2}?", lambda a: True)]
     if s.tag == "color_attr":
         return [(f"is there a {s.color} {s.shape}?", lambda a: a == "yes"),
                 (f"is there a {s.color2} {s.shape2}?", lambda a: a == "yes"),
                 (f"what color is the {s.shape}?", lambda a: a == s.color),
                 (f"what color is the {s.shape2}?", lambda a: a == s.color2)]
     raise ValueError(f"unknown generation category {s.tag!r}")
+
+
+def colour_questions(spec: PromptSpec) -> list[str]:
+    """What the `position` check asks first: the colour of each named shape."""
+    return [f"what color is the {spec.shape}?", f"what color is the {spec.shape2}?"] if spec.tag == "position" else []
 
 
 def relation_question(spec: PromptSpec, color: str, color2: str) -> str | None:
@@ -98,11 +105,14 @@ class ShapesJudge:
 
     def __call__(self, prompt: str, images: Sequence[Image.Image]) -> list[float]:
         spec = self.validate(prompt)
-        checks = first_round(spec)
-        answers = self.ask([(image, question) for image in images for question, _ in checks])
-        per_image = [answers[i * len(checks):(i + 1) * len(checks)] for i in range(len(images))]
-        if spec.tag != "position":
-            return [sum(test(a) for (_, test), a in zip(checks, got)) / len(checks) for got in per_image]
-        asked = {i: q for i, got in enumerate(per_image) if (q := relation_question(spec, *got)) is not None}
+        checks, colours = first_round(spec), colour_questions(spec)
+        questions = [q for q, _ in checks] + colours
+        answers = self.ask([(image, q) for image in images for q in questions])
+        per_image = [answers[i * len(questions):(i + 1) * len(questions)] for i in range(len(images))]
+        passed = [sum(test(a) for (_, test), a in zip(checks, got)) for got in per_image]
+        if not colours:
+            return [n / len(checks) for n in passed]
+        asked = {i: q for i, got in enumerate(per_image)
+                 if (q := relation_question(spec, *got[len(checks):])) is not None}
         replies = dict(zip(asked, self.ask([(images[i], q) for i, q in asked.items()])))
-        return [float(replies.get(i) == "yes") for i in range(len(images))]
+        return [(n + (replies.get(i) == "yes")) / (len(checks) + 1) for i, n in enumerate(passed)]
