@@ -66,3 +66,22 @@ def test_readme_scores_are_the_shipped_models_recorded_evaluation():
     for cells, order, part in ((gen_cells, gen_order, "generation"), (und_cells, und_order, "understanding")):
         shown = [float(c.split()[0].strip("*")) for c in cells]
         assert shown == [round(results[part][k], 3) for k in order], part
+
+
+def test_readme_best_of_rows_are_recorded_evaluations():
+    """Each README row "| default model, best of N |" shows `janusflow eval shapes --candidates N`'s
+    generation scores, kept as janusflow/default_model/eval_shapes_best_of_N.json."""
+    root = Path(__file__).resolve().parent.parent
+    rows = [line for line in (root / "README.md").read_text().splitlines()
+            if line.startswith("| default model, best of ")]
+    if not (root / "janusflow" / "default_model" / "eval_shapes.json").is_file():
+        pytest.skip("no default model installed")
+    assert rows, "the README shows the self-check's scores"
+    order = ["single_object", "two_object", "counting", "colors", "position", "color_attr", "overall"]
+    for row in rows:
+        cells = [c.strip(" *") for c in row.split("|")[1:-1]]
+        n = int(cells[0].removeprefix("default model, best of "))
+        results = json.loads((root / "janusflow" / "default_model" / f"eval_shapes_best_of_{n}.json").read_text())
+        assert results["settings"]["candidates"] == n
+        assert [float(c.split()[0]) for c in cells[1:1 + len(order)]] == [
+            round(results["generation"][k], 3) for k in order], row
