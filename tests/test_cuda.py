@@ -1,5 +1,5 @@
 """The CUDA paths (skipped without a GPU): generation and understanding on CUDA agree with the CPU
-in fp32, run in bf16 (the CUDA default) with finite results, a training step and a preference round run on CUDA."""
+in fp32, run in bf16 (the CUDA default) with finite results, best of N judges there, a training step and a preference round run on CUDA."""
 
 from __future__ import annotations
 
@@ -44,6 +44,20 @@ def test_generation_in_bf16_on_cuda_is_close_and_decodes(tiny):
     assert pipe.model.dtype == torch.bfloat16
     image = pipe("a red circle", num_inference_steps=3, generator=0).images[0]
     assert isinstance(image, Image.Image)
+
+
+def test_best_of_on_cuda_in_bf16(tiny):
+    """Best of N (the shapes self-check judging on the same GPU model) runs in bf16 on CUDA."""
+    from janusflow.pipeline import JanusFlowPipeline
+    from janusflow.shapes.self_check import ShapesJudge
+    from janusflow.understanding import JanusFlowChat
+
+    pipe = JanusFlowPipeline.from_pretrained(tiny, device="cuda")
+    pipe.set_progress_bar_config(disable=True)
+    judge = ShapesJudge(JanusFlowChat(pipe.model, pipe.processor))
+    images = pipe("a circle above a square", num_inference_steps=3, num_images_per_prompt=2, candidates=3,
+                  judge=judge, generator=0).images
+    assert len(images) == 2 and all(isinstance(im, Image.Image) for im in images)
 
 
 def test_understanding_on_cuda_answers_as_on_the_cpu(tiny):
