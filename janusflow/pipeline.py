@@ -141,7 +141,7 @@ class JanusFlowPipeline:
         replaces the drawn noise. ``batch_size`` caps the images sampled together (None: all);
         the noise is drawn up front, so it does not change the result. ``callback(step, num_steps)``
         runs after every step of every batch. ``candidates`` > 1: each image is the best of that many
-        samples by ``judge`` (``best_of``); ``latents`` then holds one noise per candidate.
+        samples by ``judge`` (``best_of``); ``latents`` or a generator list then has one per candidate.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         cfg = SamplerConfig(num_inference_steps, guidance_scale, solver, schedule, shift, use_prompt_cache)
@@ -158,6 +158,9 @@ class JanusFlowPipeline:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.processor.build_generation_batch(prompts, num_images_per_prompt, guidance=False)  # validates all
         rows = [p for p in prompts for _ in range(num_images_per_prompt * candidates)]
+        if candidates > 1 and isinstance(generator, (list, tuple)) and len(generator) != len(rows):
+            raise InputError(f"{len(generator)} generators for {len(rows)} samples ({len(rows) // candidates} "
+                             f"images x {candidates} candidates); pass one per sample or a single one")
         z0 = self._noise(len(rows), generator, latents)
 
         from tqdm.auto import tqdm

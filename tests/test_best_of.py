@@ -98,6 +98,8 @@ def test_pipeline_refuses_before_sampling(pipe):
     with pytest.raises(InputError, match="cannot judge"):
         pipe(["bad prompt"], candidates=2, judge=judge)
     assert judge.calls == []
+    with pytest.raises(InputError, match="2 generators for 6 samples"):
+        pipe(PROMPTS[0], num_images_per_prompt=2, candidates=3, judge=judge, generator=[torch.Generator()] * 2)
     no_vae = JanusFlowPipeline(pipe.model, pipe.processor)
     with pytest.raises(InputError, match="the judge reads images"):
         no_vae(PROMPTS, candidates=2, judge=judge, output_type="latent")
