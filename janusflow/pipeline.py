@@ -152,7 +152,7 @@ class JanusFlowPipeline:
         if output_type != "latent" and self.vae is None:
             raise InputError("no VAE to decode the latents: pass vae=... (a diffusers AutoencoderKL folder) "
                              "or output_type='latent'")
-        if candidates != 1 and self.vae is None:
+        if candidates > 1 and self.vae is None:
             raise InputError("the judge reads images: pass vae=... (a diffusers AutoencoderKL folder)")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -186,17 +186,18 @@ class JanusFlowPipeline:
             bar.close()
         z = torch.cat(out)  # (B * candidates, C, S, S)
         check_finite(z)
-        images = None
+        images = pil = None
         if candidates > 1:
             images = decode(self.vae, z)  # (B * candidates, 3, H, W) in [-1, 1]
-            keep = best_candidates(prompts, num_images_per_prompt, candidates, to_pil(images), judge)
-            z, images = z[keep], images[keep]  # (B, ...)
+            pil = to_pil(images)  # what the judge reads
+            keep = best_candidates(prompts, num_images_per_prompt, candidates, pil, judge)
+            z, images, pil = z[keep], images[keep], [pil[k] for k in keep]  # (B, ...)
         if output_type == "latent":
             return JanusFlowPipelineOutput(z)
         if images is None:
             images = decode(self.vae, z)  # (B, 3, H, W) in [-1, 1]
         if output_type == "pil":
-            return JanusFlowPipelineOutput(to_pil(images))
+            return JanusFlowPipelineOutput(pil if pil is not None else to_pil(images))
         unit = (images + 1) / 2  # (B, 3, H, W) in [0, 1]
         if output_type == "pt":
             return JanusFlowPipelineOutput(unit)
