@@ -7,9 +7,9 @@ Generation: the GenEval metadata of ``evaluate.geneval_metadata`` (every categor
 cycled) -> ``pipeline.generate_geneval`` (what ``janusflow generate --geneval-metadata`` runs; prompt i
 draws its noise from seed + i) at the default sampler settings (30 Euler steps, guidance 2) ->
 ``evaluate.score_geneval_folder``; ``--candidates N`` keeps each image as the best of N by the model's
-own self-check (``self_check.py``), the one-image latency included. Understanding: ``evaluate.llava_questions`` (fresh scenes, one
-question each) -> ``understanding.answer_llava_questions`` (what ``janusflow ask --question-file``
-runs; greedy) -> ``evaluate.score_llava_answers``. Written under OUT:
+own self-check (``self_check.py``), the one-image latency included. Understanding:
+``evaluate.llava_questions`` (fresh scenes, one question each) -> ``understanding.answer_llava_questions``
+(what ``janusflow ask --question-file`` runs; greedy) -> ``evaluate.score_llava_answers``. Written under OUT:
 
     geneval/metadata.jsonl, geneval/images/{i:05d}/samples/{k:04d}.png
     llava/questions.jsonl, llava/images/*.png, llava/answer_key.json, llava/answers.jsonl
