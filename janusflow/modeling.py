@@ -14,6 +14,8 @@ live in :mod:`janusflow.flow`; the ODE, guidance and the prompt cache in :mod:`j
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -26,6 +28,18 @@ from .config import JanusFlowConfig
 from .errors import InputError
 from .gen_vision import GenerationDecoder, GenerationEncoder
 from .und_vision import UnderstandingEncoder
+
+
+def cache_kwargs(llm: nn.Module, cache) -> dict[str, object]:
+    """``{keyword: cache}`` for a transformers LLM's forward. The keyword is ``cache`` in current
+    transformers and ``past_key_values`` in releases before the rename (5.17 among them), which
+    ignore an unknown ``cache=`` and build a cache of their own: the LLM's own signature says which."""
+    return {_cache_keyword(type(llm)): cache}
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_keyword(llm_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(llm_class.forward).parameters else "past_key_values"
 
 
 @dataclass
@@ -146,7 +160,7 @@ class JanusFlowModel(nn.Module):
         if prefix_embeds is not None:
             parts.insert(0, prefix_embeds.to(tokens.dtype))
         out = self.llm(inputs_embeds=torch.cat(parts, dim=1), attention_mask=attention_mask,
-                       position_ids=position_ids, cache=cache, use_cache=cache is not None,
+                       position_ids=position_ids, use_cache=cache is not None, **cache_kwargs(self.llm, cache),
                        output_hidden_states=output_hidden_states)
         hidden = out.last_hidden_state[:, -tokens.shape[1]:]  # (B, N, D)
         velocity = self.decode_latent(hidden, skip, t_emb)

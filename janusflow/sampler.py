@@ -40,6 +40,7 @@ import torch
 
 from .errors import InputError
 from .flow import TIME_SCALE, guided_velocity
+from .modeling import cache_kwargs
 from .prompt_rows import generation_mask, position_ids_from_left_padding
 
 SOLVERS = {"euler": 1, "heun": 2, "midpoint": 2}  # solver -> model evaluations per step
@@ -117,7 +118,7 @@ class VelocityField:
         if use_cache:
             cache = self._new_cache()
             model.llm(inputs_embeds=self.prefix, attention_mask=self.mask[:, : L - 1],
-                      position_ids=self.positions[:, : L - 1], cache=cache, use_cache=True)
+                      position_ids=self.positions[:, : L - 1], use_cache=True, **cache_kwargs(model.llm, cache))
             self.prompt_kv = [(layer.keys, layer.values) for layer in cache.layers]  # (R, heads, L-1, d) each
 
     def _new_cache(self):

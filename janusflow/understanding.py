@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from .errors import InputError
+from .modeling import cache_kwargs
 from .processor import IMAGE_TOKEN, ImageInput, Message, UnderstandingBatch, position_ids_from_left_padding
 
 
@@ -106,8 +107,8 @@ def _decode(model, batch, cfg, eos_token_id, pad_token_id, generator, streamer, 
         from transformers import DynamicCache
 
         cache = DynamicCache(config=lm.config)
-        logits = lm(inputs_embeds=prompt, attention_mask=mask, position_ids=positions, cache=cache,
-                    use_cache=True, logits_to_keep=1).logits[:, -1]  # (B, V)
+        logits = lm(inputs_embeds=prompt, attention_mask=mask, position_ids=positions, use_cache=True,
+                    logits_to_keep=1, **cache_kwargs(lm, cache)).logits[:, -1]  # (B, V)
     else:
         logits = lm(inputs_embeds=prompt, attention_mask=mask, position_ids=positions).logits[:, -1]
 
@@ -132,7 +133,7 @@ def _decode(model, batch, cfg, eos_token_id, pad_token_id, generator, streamer, 
         positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
         if cfg.use_cache:  # one new token against the cached keys/values
             logits = lm(input_ids=token[:, None], attention_mask=mask, position_ids=positions[:, -1:],
-                        cache=cache, use_cache=True).logits[:, -1]
+                        use_cache=True, **cache_kwargs(lm, cache)).logits[:, -1]
         else:  # reference: the prompt and every answer token, from scratch
             embeds = torch.cat([prompt, model.embed_tokens(generated)], dim=1)
             logits = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits[:, -1]

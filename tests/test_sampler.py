@@ -3,6 +3,7 @@ full-recompute reference, batching and padding, guidance, and the official parit
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from safetensors.torch import load_file
 from inference_helpers import tiny_model, tiny_processor
 from janusflow.checkpoint import load_model
 from janusflow.errors import InputError
+from janusflow.modeling import cache_kwargs
 from janusflow.parity import TOLERANCE, generation_case
 from janusflow.processor import make_uncond
 from janusflow.sampler import SamplerConfig, initial_noise, integrate, sample_latents, time_grid
@@ -228,3 +230,22 @@ def test_bf16_model_keeps_fp32_state(processor):
     got = sample_latents(bf16, tokens, mask, z0, cfg).latents
     assert got.dtype == torch.float32 and torch.isfinite(got).all()
     assert (got - ref).abs().max() < 0.1 * ref.abs().max()  # bf16 rounding, not a different answer
+
+
+def test_cache_keyword_follows_the_llm_signature(model):
+    """transformers renamed the LLM's cache argument past_key_values -> cache; an older release (5.17)
+    ignores an unknown cache= and builds its own, so the keyword must come from the LLM's signature."""
+
+    class Old(torch.nn.Module):
+        def forward(self, inputs_embeds=None, past_key_values=None, use_cache=None, **kwargs):
+            return inputs_embeds
+
+    class New(torch.nn.Module):
+        def forward(self, inputs_embeds=None, cache=None, use_cache=None, **kwargs):
+            return inputs_embeds
+
+    assert cache_kwargs(Old(), "c") == {"past_key_values": "c"}
+    assert cache_kwargs(New(), "c") == {"cache": "c"}
+    for llm in (model.llm, model.language_model):
+        (name,) = cache_kwargs(llm, None)
+        assert name in inspect.signature(type(llm).forward).parameters
