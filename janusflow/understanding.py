@@ -102,13 +102,13 @@ def _decode(model, batch, cfg, eos_token_id, pad_token_id, generator, streamer, 
     lm = model.language_model
     if streamer is not None:
         streamer.put(batch.input_ids.cpu())
-    cache = None
+    cached: dict = {}
     if cfg.use_cache:
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=lm.config)
+        cached = cache_kwargs(lm, DynamicCache(config=lm.config))  # {keyword: cache}, one for the whole answer
         logits = lm(inputs_embeds=prompt, attention_mask=mask, position_ids=positions, use_cache=True,
-                    logits_to_keep=1, **cache_kwargs(lm, cache)).logits[:, -1]  # (B, V)
+                    logits_to_keep=1, **cached).logits[:, -1]  # (B, V)
     else:
         logits = lm(inputs_embeds=prompt, attention_mask=mask, position_ids=positions).logits[:, -1]
 
@@ -133,7 +133,7 @@ def _decode(model, batch, cfg, eos_token_id, pad_token_id, generator, streamer, 
         positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
         if cfg.use_cache:  # one new token against the cached keys/values
             logits = lm(input_ids=token[:, None], attention_mask=mask, position_ids=positions[:, -1:],
-                        use_cache=True, **cache_kwargs(lm, cache)).logits[:, -1]
+                        use_cache=True, **cached).logits[:, -1]
         else:  # reference: the prompt and every answer token, from scratch
             embeds = torch.cat([prompt, model.embed_tokens(generated)], dim=1)
             logits = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits[:, -1]
