@@ -242,9 +242,25 @@ def test_set_parses_switches_numbers_and_tables_of_the_whole_recipe():
     assert with_overrides(tiny, ["negatives=edits"], parser).negatives == "edits"  # a word, checked where used
     with pytest.raises(ConfigError, match="negatives"):
         unified.shapes_sources(0, with_overrides(tiny, ["negatives=all"], parser))
-    for bad in ("final_eval=maybe", "seed=-1", "sft.colour=3"):
+    for bad in ("final_eval=maybe", "seed=-1", "sft.colour=3", "sft.lr=-1e-4", "time_mean=nan", "time_std=-1"):
         with pytest.raises(SystemExit):
             with_overrides(tiny, [bad], parser)
+
+
+def test_time_distribution_reaches_the_flow_loss(tiny_parts, tmp_path):
+    import argparse
+
+    from janusflow.shapes.recipe.run import with_overrides
+
+    tiny = unified.PRESETS["tiny"]
+    start = unified.write_init(tiny_parts, tmp_path / "init", tiny)
+    early = with_overrides(tiny, ["time_mean=-0.5", "time_std=0.8"], argparse.ArgumentParser())
+    losses = unified.train_config("sft", early.sft, early, start, tmp_path / "sft", 0).losses
+    assert (losses.time_mean, losses.time_std) == (-0.5, 0.8)
+    paper = unified.train_config("sft", tiny.sft, tiny, start, tmp_path / "sft", 0).losses
+    assert (paper.time_mean, paper.time_std) == (0.0, 1.0)
+    with pytest.raises(ConfigError, match="time_std"):
+        unified.train_config("sft", tiny.sft, dataclasses.replace(tiny, time_std=0.0), start, tmp_path / "x", 0)
 
 
 def test_assemble_refuses_a_folder_without_vae(tmp_path):

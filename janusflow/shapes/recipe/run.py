@@ -332,7 +332,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
 def with_overrides(settings, items: list[str], parser: argparse.ArgumentParser, field: str | None = None,
                    flag: str = "--set"):
     """``settings`` (a dataclass of per-stage settings) with ``STAGE.FIELD=VALUE`` changes (numbers >= 0),
-    ``FIELD=VALUE`` for a numeric setting of the whole recipe (e.g. ``repa_weight=0``),
+    ``FIELD=VALUE`` for a numeric setting of the whole recipe (e.g. ``repa_weight=0``; >= 0 but for ``SIGNED``),
     ``FIELD=true|false`` for a switch of the whole recipe (e.g. ``final_eval=false``), ``FIELD=WORD`` for a
     choice of the whole recipe (e.g. ``negatives=edits``; checked where it is used), ``FIELD=A,B`` for a
     list of names (e.g. ``trainable=und_encoder,und_aligner``; empty: the default) and
@@ -354,7 +354,7 @@ def with_overrides(settings, items: list[str], parser: argparse.ArgumentParser, 
             settings = dataclasses.replace(settings, **{stage: text.strip()})
             continue
         if not field and not name and _is_field_of_type(settings, stage, (int, float)):  # a recipe-wide number
-            value = _number(type(getattr(settings, stage)), stage, text, item, parser, flag)
+            value = _number(type(getattr(settings, stage)), stage, text, item, parser, flag, signed=stage in SIGNED)
             settings = dataclasses.replace(settings, **{stage: value})
             continue
         plan = getattr(settings, stage, None)
@@ -377,15 +377,19 @@ def _is_field_of_type(settings, name: str, types: tuple[type, ...]) -> bool:
             and type(getattr(settings, name)) in types)
 
 
+SIGNED = frozenset({"time_mean"})  # the recipe-wide numbers that may be negative
+
+
 def _number(kind: type, name: str, text: str, item: str, parser: argparse.ArgumentParser, flag: str,
-             positive: bool = False):
-    """``text`` as a ``kind`` (int or float), >= 0 (> 0 when ``positive``)."""
+            positive: bool = False, signed: bool = False):
+    """``text`` as a ``kind`` (int or float), >= 0 (> 0 when ``positive``, any finite number when ``signed``)."""
     try:
         value = kind(float(text)) if kind is int and float(text).is_integer() else kind(text)
     except ValueError:
         value = None
-    if value is None or not math.isfinite(value) or value < 0 or (positive and value == 0):
-        parser.error(f"{flag} {item!r}: {name} takes a number {'> 0' if positive else '>= 0'} ({kind.__name__})")
+    if value is None or not math.isfinite(value) or (value < 0 and not signed) or (positive and value == 0):
+        bound = "" if signed else " > 0" if positive else " >= 0"
+        parser.error(f"{flag} {item!r}: {name} takes a{' finite' if signed else ''} number{bound} ({kind.__name__})")
     return value
 
 

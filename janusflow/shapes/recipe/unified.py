@@ -90,6 +90,10 @@ class UnifiedSettings:
     repa_layer: int = 2  # REPA aligns the hidden states after this LLM block (of 4)
     repa_weight: float = 1.0
     prompt_dropout: float = 0.1
+    # the flow's training times, t = sigmoid(N(time_mean, time_std)) (the paper's logit-normal: 0, 1); a
+    # negative mean draws more of the early times where a picture's layout is decided (recipe/settle.py)
+    time_mean: float = 0.0
+    time_std: float = 1.0
     # the contrastive term (train/losses.py): captions against a false caption (``negatives``: the
     # swapped twin or one edit away); 0 turns it off (the paper's recipe)
     negative_weight: float = 0.0
@@ -221,7 +225,8 @@ def train_config(stage: str, plan: StagePlan, settings: UnifiedSettings, start: 
                                  trainable=list(settings.trainable) or preset.trainable)
     config = TrainConfig(
         run_dir=str(stage_dir), seed=seed, model=ModelSource(path=str(start)), vae=VAEConfig(path=str(start / "vae")),
-        stage=preset, losses=LossConfig(prompt_dropout=settings.prompt_dropout, repa_weight=settings.repa_weight,
+        stage=preset, losses=LossConfig(prompt_dropout=settings.prompt_dropout, time_mean=settings.time_mean,
+                                        time_std=settings.time_std, repa_weight=settings.repa_weight,
                                         repa_layer=settings.repa_layer, negative_weight=settings.negative_weight,
                                         negative_margin=settings.negative_margin,
                                         negative_max_t=settings.negative_max_t))
