@@ -52,7 +52,7 @@ def test_final_step_is_the_evaluations_image(tmp_path, capsys):
     """The last record of each sample reads the image ``janusflow eval shapes`` draws for that prompt."""
     pipe = JanusFlowPipeline.from_pretrained(default_model_dir(), device="cpu")
     result = run(pipe, "counting", prompts=1, images=2, seed=3)
-    index, prompt = next((i, m["prompt"]) for i, m in enumerate(geneval_metadata(50, 3)) if m["tag"] == "counting")
+    index, prompt = next((i, m["prompt"]) for i, m in enumerate(geneval_metadata(1, 3)) if m["tag"] == "counting")
     images = pipe(prompt, num_images_per_prompt=2, generator=3 + index).images
     assert [r["index"] for r in result["records"]] == [index, index]
     for record, image in zip(result["records"], images):
@@ -64,3 +64,7 @@ def test_final_step_is_the_evaluations_image(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "1 samples, final pass rate" in out and len(out.strip().splitlines()) == 2 + 31
     assert (tmp_path / "s.json").is_file()
+    for bad in (["--prompts", "0"], ["--images", "-1"]):
+        with pytest.raises(SystemExit):
+            main(bad)
+    assert "must be at least 1" in capsys.readouterr().err

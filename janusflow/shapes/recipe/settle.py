@@ -13,10 +13,10 @@ and read by the exact scorer; a sample's object count *settles* at the first ste
 later prediction holds as many objects as the final image. Where the counts settle says at which
 times the velocity decides a picture's layout, so which times training must get right.
 
-The prompts and the noise are ``janusflow eval shapes``'s: the category's prompts of
-``evaluate.geneval_metadata(50, seed)`` in order, prompt i of the whole list drawing its noise from
-seed + i, so the final images are the evaluation's (the guided sampler at its defaults, 30 Euler
-steps, guidance 2) and their pass rate is its score for the category.
+The prompts and the noise are those of ``janusflow eval shapes --prompts-per-category P --seed S``:
+the category's prompts of ``evaluate.geneval_metadata(P, S)``, prompt i of the whole list drawing its
+noise from S + i, so the final images are the evaluation's (the guided sampler at its defaults, 30
+Euler steps, guidance 2) and their pass rate is its score for the category.
 """
 
 from __future__ import annotations
@@ -88,8 +88,8 @@ def summarize(records: list[dict], num_steps: int) -> dict:
 def run(pipe: JanusFlowPipeline, category: str, prompts: int, images: int, seed: int) -> dict:
     cfg = SamplerConfig(30, 2.0)  # the evaluation's (and the pipeline's) defaults
     records = []
-    metadata = geneval_metadata(50, seed)
-    chosen = [(i, m) for i, m in enumerate(metadata) if m["tag"] == category][:prompts]
+    metadata = geneval_metadata(prompts, seed)  # janusflow eval shapes --prompts-per-category P --seed S
+    chosen = [(i, m) for i, m in enumerate(metadata) if m["tag"] == category]
     for i, meta in chosen:
         spec = parse_prompt(meta["prompt"])
         noise = initial_noise(images, pipe.model.config, torch.Generator().manual_seed(seed + i))  # the evaluation's
@@ -108,12 +108,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="a model folder (default: the embedded model)")
     parser.add_argument("--category", default="counting", choices=CATEGORIES)
-    parser.add_argument("--prompts", type=int, default=50)
+    parser.add_argument("--prompts", type=int, default=50, help="prompts a category, as the evaluation's")
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="write every sample's record here (JSON)")
     args = parser.parse_args(argv)
+    for name in ("prompts", "images", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     torch.set_num_threads(args.threads)
     model = args.model or default_model_dir()
     if model is None:
