@@ -64,7 +64,8 @@ def test_final_step_is_the_evaluations_image(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "1 samples, final pass rate" in out and len(out.strip().splitlines()) == 2 + 31
     assert (tmp_path / "s.json").is_file()
-    for bad in (["--prompts", "0"], ["--images", "-1"]):
+    for bad in (["--prompts", "0"], ["--images", "-1"], ["--model", str(tmp_path)]):
         with pytest.raises(SystemExit):
             main(bad)
-    assert "must be at least 1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "must be at least 1" in err and f"--model {tmp_path}" in err

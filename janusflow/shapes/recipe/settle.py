@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from ...errors import JanusFlowError
 from ...pipeline import JanusFlowPipeline, default_model_dir
 from ...sampler import SamplerConfig, initial_noise, sample_latents, time_grid
 from ...vae import decode, to_pil
@@ -121,8 +122,11 @@ def main(argv: list[str] | None = None) -> None:
     model = args.model or default_model_dir()
     if model is None:
         parser.error("no embedded model is installed: pass --model DIR")
-    result = run(JanusFlowPipeline.from_pretrained(model, device="cpu"), args.category, args.prompts,
-                 args.images, args.seed)
+    try:
+        pipe = JanusFlowPipeline.from_pretrained(model, device="cpu")
+    except JanusFlowError as e:
+        parser.error(f"--model {model}: {e}")
+    result = run(pipe, args.category, args.prompts, args.images, args.seed)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(table(result["summary"], time_grid(SamplerConfig())))
