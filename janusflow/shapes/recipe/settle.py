@@ -87,7 +87,7 @@ def summarize(records: list[dict], num_steps: int) -> dict:
 
 
 def run(pipe: JanusFlowPipeline, category: str, prompts: int, images: int, seed: int) -> dict:
-    cfg = SamplerConfig(30, 2.0)  # the evaluation's (and the pipeline's) defaults
+    cfg = SamplerConfig()  # the evaluation's (and the pipeline's) defaults: 30 Euler steps, guidance 2
     records = []
     metadata = geneval_metadata(prompts, seed)  # janusflow eval shapes --prompts-per-category P --seed S
     chosen = [(i, m) for i, m in enumerate(metadata) if m["tag"] == category]
@@ -101,7 +101,7 @@ def run(pipe: JanusFlowPipeline, category: str, prompts: int, images: int, seed:
                             "passes": [passes(spec, objects) for objects in steps]})
     return {"category": category, "settings": {"prompts": len(chosen), "images": images, "seed": seed,
                                                 "num_inference_steps": cfg.num_steps,
-                                                "guidance_scale": cfg.guidance_scale},
+                                                "guidance_scale": cfg.guidance_scale, "times": time_grid(cfg)},
             "summary": summarize(records, cfg.num_steps), "records": records}
 
 
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     result = run(pipe, args.category, args.prompts, args.images, args.seed)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(table(result["summary"], time_grid(SamplerConfig())))
+    print(table(result["summary"], result["settings"]["times"]))
 
 
 def table(summary: dict, ts: list[float]) -> str:
