@@ -76,7 +76,7 @@ def summarize(records: list[dict], num_steps: int) -> dict:
             settled[group][k] += 1
         for k, ok in enumerate(r["passes"]):
             passing[k] += ok
-    sizes = {g: sum(1 for r in records if r["passes"][-1] == (g == "pass")) for g in settled}
+    sizes = {g: settled[g][-1] for g in settled}  # every sample has settled by the last step
     return {
         "samples": len(records),
         "final_pass_rate": passing[-1] / len(records),
