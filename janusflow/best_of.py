@@ -8,11 +8,17 @@ the questions whose answers a shapes-world prompt fixes).
 
 Row layout (noise drawn in this order): prompt p, image j, candidate c is row (p * K + j) * N + c,
 K = images per prompt. With N = 1 the rows, and so the images, are those of plain sampling.
+
+Early stop: a judge with a ``perfect`` score (one no candidate can beat) lets the search draw the
+candidates in rounds, candidate c of every image still searching in round c, and stop an image at its
+first candidate that scores ``perfect``. The kept candidate is the one the full search keeps (the
+highest score, the first of them on a tie), from the same noise rows; only the candidates after it
+are never drawn. A judge without ``perfect`` sees all N candidates in one round.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from PIL import Image
@@ -21,7 +27,8 @@ from .errors import InputError
 
 
 class Judge(Protocol):
-    """Scores candidate images against a prompt; higher is better."""
+    """Scores candidate images against a prompt; higher is better. Optionally ``perfect``: the
+    highest score it can give (a candidate scoring it ends its image's search)."""
 
     def validate(self, prompt: str) -> None:
         """Raise ``InputError`` for a prompt this judge cannot score (called before any sampling)."""
@@ -40,20 +47,32 @@ def check_candidates(candidates: int, judge: Judge | None, prompts: Sequence[str
             judge.validate(prompt)
 
 
-def best_candidates(prompts: Sequence[str], images_per_prompt: int, candidates: int,
-                    images: Sequence[Image.Image], judge: Judge) -> list[int]:
-    """Indices (into ``images``, laid out as above) of the kept candidate of every requested image:
-    the highest score of its N, the first of them on a tie."""
-    per_prompt = images_per_prompt * candidates
-    if len(images) != len(prompts) * per_prompt:
-        raise ValueError(f"expected {len(prompts) * per_prompt} candidate images, got {len(images)}")
-    keep = []
-    for p, prompt in enumerate(prompts):
-        first = p * per_prompt
-        scores = [float(s) for s in judge(prompt, images[first:first + per_prompt])]
-        if len(scores) != per_prompt:
-            raise ValueError(f"the judge returned {len(scores)} scores for {per_prompt} images")
-        for j in range(images_per_prompt):
-            group = range(j * candidates, (j + 1) * candidates)
-            keep.append(first + max(group, key=lambda k: (scores[k], -k)))
-    return keep
+def search(prompts: Sequence[str], images_per_prompt: int, candidates: int, judge: Judge,
+           draw: Callable[[list[int]], Sequence[Image.Image]]) -> list[int]:
+    """The kept row (layout above) of every requested image. ``draw(rows)`` samples the given rows
+    (ascending) and returns their images in that order; it is called once a round."""
+    perfect = getattr(judge, "perfect", None)
+    per_round = candidates if perfect is None else 1
+    n = len(prompts) * images_per_prompt
+    best: list[tuple[float, int] | None] = [None] * n  # (score, candidate) of each image so far
+    searching = list(range(n))
+    for first in range(0, candidates, per_round):
+        rows = [b * candidates + c for b in searching for c in range(first, min(first + per_round, candidates))]
+        images = draw(rows)
+        if len(images) != len(rows):
+            raise ValueError(f"drew {len(images)} images for {len(rows)} rows")
+        for p, prompt in enumerate(prompts):  # one judge call per prompt and round
+            mine = [i for i, row in enumerate(rows) if row // (images_per_prompt * candidates) == p]
+            if not mine:
+                continue
+            scores = [float(s) for s in judge(prompt, [images[i] for i in mine])]
+            if len(scores) != len(mine):
+                raise ValueError(f"the judge returned {len(scores)} scores for {len(mine)} images")
+            for i, score in zip(mine, scores):
+                b, c = divmod(rows[i], candidates)
+                if best[b] is None or score > best[b][0]:  # candidates come in order: a tie keeps the first
+                    best[b] = (score, c)
+        searching = [b for b in searching if perfect is None or best[b][0] < perfect]
+        if not searching:
+            break
+    return [b * candidates + best[b][1] for b in range(n)]

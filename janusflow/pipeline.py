@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
-from .best_of import Judge, best_candidates, check_candidates
+from .best_of import Judge, check_candidates, search
 from .errors import CheckpointError, InputError
 from .sampler import SamplerConfig, initial_noise, sample_latents
 from .vae import check_finite, decode, load_vae, to_pil
@@ -141,7 +142,8 @@ class JanusFlowPipeline:
         replaces the drawn noise. ``batch_size`` caps the images sampled together (None: all);
         the noise is drawn up front, so it does not change the result. ``callback(step, num_steps)``
         runs after every step of every batch. ``candidates`` > 1: each image is the best of that many
-        samples by ``judge`` (``best_of``); ``latents`` or a generator list then has one per candidate.
+        samples by ``judge`` (``best_of``; a judge with a ``perfect`` score stops an image at its first
+        perfect candidate); ``latents`` or a generator list then has one per candidate.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         cfg = SamplerConfig(num_inference_steps, guidance_scale, solver, schedule, shift, use_prompt_cache)
@@ -166,32 +168,47 @@ class JanusFlowPipeline:
         from tqdm.auto import tqdm
 
         step = max(1, batch_size or len(rows))
-        chunks = [range(i, min(i + step, len(rows))) for i in range(0, len(rows), step)]
-        bar = tqdm(total=cfg.num_steps * len(chunks), desc="sampling", unit="step",
-                   **{"leave": False, **self._progress})
+        bar = tqdm(total=0, desc="sampling", unit="step", **{"leave": False, **self._progress})
 
         def progress(k: int, n: int) -> None:
             bar.update(1)
             if callback is not None:
                 callback(k, n)
 
-        out = []
-        try:
+        def sample(chosen: list[int]) -> torch.Tensor:  # the latents of these rows, ``step`` rows at a time
+            chunks = [chosen[i:i + step] for i in range(0, len(chosen), step)]
+            bar.total += cfg.num_steps * len(chunks)
+            bar.refresh()
+            out = []
             for chunk in chunks:  # cond rows of this chunk, then (guided) their make_uncond rows
                 batch = self.processor.build_generation_batch([rows[i] for i in chunk], 1, guidance=cfg.guided)
                 batch = batch.to(self.device)
-                out.append(sample_latents(self.model, batch.input_ids, batch.attention_mask,
-                                          z0[chunk.start:chunk.stop], cfg, progress=progress).latents)
+                out.append(sample_latents(self.model, batch.input_ids, batch.attention_mask, z0[chunk], cfg,
+                                          progress=progress).latents)
+            z = torch.cat(out)
+            check_finite(z)
+            return z
+
+        images = pil = None
+        try:
+            if candidates == 1:
+                z = sample(list(range(len(rows))))  # (B, C, S, S)
+            else:
+                drawn: dict[int, tuple[torch.Tensor, torch.Tensor, Image.Image]] = {}
+
+                def draw(chosen: list[int]) -> list[Image.Image]:
+                    z = sample(chosen)
+                    images = decode(self.vae, z)  # (len(chosen), 3, H, W) in [-1, 1]
+                    pil = to_pil(images)  # what the judge reads
+                    drawn.update(zip(chosen, zip(z, images, pil)))
+                    return pil
+
+                keep = search(prompts, num_images_per_prompt, candidates, judge, draw)
+                z = torch.stack([drawn[k][0] for k in keep])  # (B, ...)
+                images = torch.stack([drawn[k][1] for k in keep])
+                pil = [drawn[k][2] for k in keep]
         finally:
             bar.close()
-        z = torch.cat(out)  # (B * candidates, C, S, S)
-        check_finite(z)
-        images = pil = None
-        if candidates > 1:
-            images = decode(self.vae, z)  # (B * candidates, 3, H, W) in [-1, 1]
-            pil = to_pil(images)  # what the judge reads
-            keep = best_candidates(prompts, num_images_per_prompt, candidates, pil, judge)
-            z, images, pil = z[keep], images[keep], [pil[k] for k in keep]  # (B, ...)
         if output_type == "latent":
             return JanusFlowPipelineOutput(z)
         if images is None:

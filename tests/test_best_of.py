@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from inference_helpers import make_model_folder
-from janusflow.best_of import best_candidates, check_candidates
+from janusflow.best_of import check_candidates, search
 from janusflow.cli import main
 from janusflow.errors import InputError
 from janusflow.pipeline import JanusFlowPipeline, default_model_dir, generate_geneval
@@ -50,18 +50,65 @@ def pipe(tmp_path_factory):
 
 # -- best_of: the layout and the choice -------------------------------------------------------------------
 
-def test_best_candidates_layout_and_ties():
-    images = list(range(2 * 2 * 3))  # 2 prompts x 2 images x 3 candidates; the judge only sees them
-    scores = {"p": [0, 2, 1, 5, 5, 0], "q": [1, 1, 1, 0, 0, 3]}
-    keep = best_candidates(["p", "q"], 2, 3, images, lambda prompt, imgs: scores[prompt])
+class TableJudge:
+    """Scores image i of a call by ``table[prompt][candidate of that image]``; ``perfect`` optional."""
+
+    def __init__(self, table, perfect=None):
+        self.table, self.calls = table, []
+        if perfect is not None:
+            self.perfect = perfect
+
+    def __call__(self, prompt, images):
+        self.calls.append((prompt, list(images)))
+        return [self.table[prompt][row] for row in images]  # the "images" are their rows here
+
+
+def drawer(log):
+    def draw(rows):
+        log.append(list(rows))
+        return list(rows)  # stands in for the images: the judge reads the row back
+    return draw
+
+
+SCORES = {"p": {r: s for r, s in enumerate([0, 2, 1, 5, 5, 0])},  # 2 prompts x 2 images x 3 candidates
+          "q": {r: s for r, s in zip(range(6, 12), [1, 1, 1, 0, 0, 3])}}
+
+
+def test_search_layout_and_ties_in_one_round():
+    log = []
+    judge = TableJudge(SCORES)
+    keep = search(["p", "q"], 2, 3, judge, drawer(log))
     assert keep == [1, 3, 6, 11]  # the best of each three; a tie keeps the first
+    assert log == [list(range(12))]  # no perfect score: every candidate in one round
+    assert [(p, rows) for p, rows in judge.calls] == [("p", [0, 1, 2, 3, 4, 5]), ("q", [6, 7, 8, 9, 10, 11])]
 
 
-def test_best_candidates_checks_counts():
-    with pytest.raises(ValueError, match="expected 4"):
-        best_candidates(["p"], 2, 2, [0, 1, 2], lambda p, i: [0] * len(i))
-    with pytest.raises(ValueError, match="returned 3 scores"):
-        best_candidates(["p"], 2, 2, [0, 1, 2, 3], lambda p, i: [0, 0, 0])
+def test_search_stops_an_image_at_its_first_perfect_candidate():
+    log = []
+    keep = search(["p", "q"], 2, 3, TableJudge(SCORES, perfect=5), drawer(log))
+    assert keep == [1, 3, 6, 11]  # what the full search keeps
+    assert log == [[0, 3, 6, 9], [1, 7, 10], [2, 8, 11]]  # image 1 of p stopped at its perfect first candidate
+    log = []
+    assert search(["p"], 2, 3, TableJudge(SCORES, perfect=0), drawer(log)) == [0, 3]
+    assert log == [[0, 3]]  # all perfect after one round: no second round
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_search_with_perfect_keeps_what_the_full_search_keeps(seed):
+    rng = np.random.default_rng(seed)
+    prompts, K, N = ["p", "q", "r"], int(rng.integers(1, 4)), int(rng.integers(1, 5))
+    table = {p: {r: int(rng.integers(0, 3)) for r in range(i * K * N, (i + 1) * K * N)} for i, p in enumerate(prompts)}
+    log = []
+    assert search(prompts, K, N, TableJudge(table, perfect=2), drawer(log)) == search(prompts, K, N, TableJudge(table),
+                                                                                      drawer([]))
+    assert sum(map(len, log)) <= len(prompts) * K * N
+
+
+def test_search_checks_counts():
+    with pytest.raises(ValueError, match="drew 3 images for 4 rows"):
+        search(["p"], 2, 2, TableJudge(SCORES), lambda rows: rows[:3])
+    with pytest.raises(ValueError, match="returned 3 scores for 4"):
+        search(["p"], 2, 2, lambda p, i: [0, 0, 0], lambda rows: rows)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
@@ -89,6 +136,17 @@ def test_pipeline_keeps_the_judged_candidate(pipe):
     assert len(judge.calls) == 2  # one candidate: nothing to judge
     pil = pipe(PROMPTS[0], num_images_per_prompt=2, candidates=3, judge=judge, generator=3).images
     assert len(pil) == 2 and pil[0].mode == "RGB"
+
+
+def test_pipeline_stops_at_a_perfect_candidate(pipe):
+    plain = pipe(PROMPTS, num_images_per_prompt=6, generator=3, output_type="latent").images
+    judge = IndexJudge(lambda k: 1.0)
+    judge.perfect = 1.0  # every first candidate is perfect: one round, candidate 0 of every image
+    steps = []
+    best = pipe(PROMPTS, num_images_per_prompt=2, candidates=3, judge=judge, generator=3, output_type="latent",
+                callback=lambda k, n: steps.append(k)).images
+    torch.testing.assert_close(best, plain[[0, 3, 6, 9]])
+    assert judge.calls == [(PROMPTS[0], 2), (PROMPTS[1], 2)] and len(steps) == 30  # one batch of 4 rows
 
 
 def test_pipeline_refuses_before_sampling(pipe):

@@ -23,7 +23,8 @@ answers the prompt fixes, and scores it by the share of checks the model's own g
                    what color is the {shape2}?              {color2}
 
 The model counts to four (the world's scenes hold one to four objects), so a fifth object of the
-counted shape goes unseen. Used by ``best_of``: ``pipe(prompt, candidates=4, judge=ShapesJudge(chat))``.
+counted shape goes unseen. Used by ``best_of``: ``pipe(prompt, candidates=4, judge=ShapesJudge(chat))``;
+a candidate that passes every check (score ``perfect`` = 1) ends its image's search.
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ def relation_question(spec: PromptSpec, color: str, color2: str) -> str | None:
 
 class ShapesJudge:
     """``best_of.Judge`` for shapes-world prompts; ``ask(items)`` answers [(image, question), ...]."""
+
+    perfect = 1.0  # every check passed: no candidate can score higher, so the search stops there
 
     def __init__(self, chat, batch_size: int = 64):
         self.chat, self.batch_size = chat, batch_size
