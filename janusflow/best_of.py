@@ -76,3 +76,19 @@ def search(prompts: Sequence[str], images_per_prompt: int, candidates: int, judg
         if not searching:
             break
     return [b * candidates + best[b][1] for b in range(n)]
+
+
+class CountingJudge:
+    """A judge that counts the candidates it was shown (``read``); scores as ``judge`` does."""
+
+    def __init__(self, judge: Judge):
+        self.judge, self.read = judge, 0
+        if getattr(judge, "perfect", None) is not None:
+            self.perfect = judge.perfect
+
+    def validate(self, prompt: str) -> None:
+        self.judge.validate(prompt)
+
+    def __call__(self, prompt: str, images: Sequence[Image.Image]) -> Sequence[float]:
+        self.read += len(images)
+        return self.judge(prompt, images)

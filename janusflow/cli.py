@@ -129,9 +129,10 @@ def parity(args: argparse.Namespace) -> int:
          arg("--solver", default="euler", help="euler, heun or midpoint"),
          arg("--schedule", default="uniform", help="uniform or shifted"),
          arg("--batch-size", type=int, default=None, help="images sampled together (default: all)"),
-         arg("--candidates", type=int, default=1, metavar="N",
-             help="draw each image N times and keep the one the model's own answers judge best "
-                  "(shapes-world prompts; default 1: plain sampling)"),
+         arg("--candidates", type=int, default=None, metavar="N",
+             help="draw each image up to N times and keep the one the model's own answers judge best "
+                  "(shapes-world prompts; 1: plain sampling; default: the model's generation_config.json, "
+                  "4 for the embedded model, else 1)"),
          *MODEL)
 def generate(args: argparse.Namespace) -> int:
     from .pipeline import JanusFlowPipeline, generate_geneval, generate_to_folder, read_geneval_metadata
@@ -140,7 +141,7 @@ def generate(args: argparse.Namespace) -> int:
     SamplerConfig(args.steps, args.cfg, args.solver, args.schedule).validate()  # before loading anything
     if args.n_samples < 1:
         raise InputError(f"--n-samples must be at least 1, got {args.n_samples}")
-    if args.candidates < 1:
+    if args.candidates is not None and args.candidates < 1:
         raise InputError(f"--candidates must be at least 1, got {args.candidates}")
     if (args.prompt is None) == (args.geneval_metadata is None):
         raise InputError("give either a prompt or --geneval-metadata FILE")
@@ -154,11 +155,13 @@ def generate(args: argparse.Namespace) -> int:
         raise InputError(f"no VAE: {folder} has no vae/ folder; pass --vae DIR (a diffusers AutoencoderKL)")
     settings = dict(num_inference_steps=args.steps, guidance_scale=args.cfg, solver=args.solver,
                     schedule=args.schedule, batch_size=args.batch_size)
-    if args.candidates > 1:
-        from .shapes.self_check import ShapesJudge
-        from .understanding import JanusFlowChat
+    if args.candidates is not None:  # else the model's default (JanusFlowPipeline.resolve_candidates)
+        settings["candidates"] = args.candidates
+        if args.candidates > 1 and pipe.default_judge() is None:
+            from .shapes.self_check import ShapesJudge
+            from .understanding import JanusFlowChat
 
-        settings.update(candidates=args.candidates, judge=ShapesJudge(JanusFlowChat(pipe.model, pipe.processor)))
+            settings["judge"] = ShapesJudge(JanusFlowChat(pipe.model, pipe.processor))
     if args.geneval_metadata:
         done, skipped = generate_geneval(pipe, args.geneval_metadata, args.out, args.n_samples, args.seed, **settings)
         print(f"wrote {done} prompt folder(s) to {args.out}" + (f" ({skipped} already complete)" if skipped else ""))

@@ -55,6 +55,7 @@ def run_demo(model_dir: str | Path | None, out_dir: str | Path, prompt: str = DE
              num_images: int = 4, steps: int | None = None, log=print) -> dict:
     """Generate ``num_images`` images for ``prompt`` into ``out_dir`` and answer one question about a
     freshly drawn shapes-world scene; return what happened (also printed through ``log``)."""
+    from .best_of import CountingJudge
     from .pipeline import JanusFlowPipeline, default_model_dir
     from .shapes import describe, detect_objects, parse_prompt, passes, render, sample_scene
     from .understanding import JanusFlowChat
@@ -74,15 +75,20 @@ def run_demo(model_dir: str | Path | None, out_dir: str | Path, prompt: str = DE
         pipe = JanusFlowPipeline.from_pretrained(model_dir)
         pipe.set_progress_bar_config(disable=True)
         n_steps = steps or 30
+        candidates, judge = pipe.resolve_candidates([prompt], None, None)  # the model's default
+        judge = CountingJudge(judge) if judge is not None else None
         start = time.perf_counter()
         images = pipe(prompt, num_inference_steps=n_steps, num_images_per_prompt=num_images,
-                      generator=DEMO_SEED).images
+                      generator=DEMO_SEED, candidates=candidates, judge=judge).images
         seconds = time.perf_counter() - start
         paths = []
         for k, image in enumerate(images):
             paths.append(out / f"generated_{k}.png")
             image.save(paths[-1])
-        log(f"generate: {num_images} image(s) for {prompt!r} ({n_steps} Euler steps, guidance 2.0) in "
+        how = f"{n_steps} Euler steps, guidance 2.0"
+        if judge is not None:
+            how += f"; each the best of up to {candidates} by the model's own answers, {judge.read} drawn in all"
+        log(f"generate: {num_images} image(s) for {prompt!r} ({how}) in "
             f"{seconds:.2f} s -> {', '.join(str(p) for p in paths)}")
         report = {"prompt": prompt, "images": [str(p) for p in paths], "generate_seconds": seconds,
                   "random_weights": random_weights}

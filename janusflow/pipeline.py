@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from PIL import Image
 
 from .best_of import Judge, check_candidates, search
 from .errors import CheckpointError, InputError
+from .generation_config import GenerationConfig
 from .sampler import SamplerConfig, initial_noise, sample_latents
 from .vae import check_finite, decode, load_vae, to_pil
 
@@ -94,8 +96,10 @@ class JanusFlowPipelineOutput:
 class JanusFlowPipeline:
     """Text-to-image with JanusFlow: prompt rows -> rectified-flow ODE in latent space -> VAE decode."""
 
-    def __init__(self, model, processor, vae=None):
+    def __init__(self, model, processor, vae=None, generation_config: GenerationConfig | None = None):
         self.model, self.processor, self.vae = model, processor, vae
+        self.generation_config = generation_config or GenerationConfig()  # the folder's defaults
+        self._judge: Judge | None = None
         self._progress: dict[str, Any] = {}
 
     @classmethod
@@ -107,11 +111,37 @@ class JanusFlowPipeline:
             vae = Path(os.fspath(model_dir)) / VAE_SUBFOLDER
         if vae is not None:
             vae = load_vae(vae, model.device, dtype)
-        return cls(model, processor, vae)
+        return cls(model, processor, vae, GenerationConfig.from_folder(model_dir))
 
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    def default_judge(self) -> Judge | None:
+        """The judge the model folder names (``generation_config.json``), built once; None if none."""
+        if self._judge is None:
+            self._judge = self.generation_config.make_judge(self.model, self.processor)
+        return self._judge
+
+    def resolve_candidates(self, prompts: Sequence[str], candidates: int | None, judge: Judge | None,
+                           pinned_noise: bool = False) -> tuple[int, Judge | None]:
+        """(candidates, judge) for a call. Asked for: as given, the folder's judge when none is passed.
+        Not asked for (None): the folder's default, where it can apply: not when the caller pins the
+        noise image by image (``latents``, a generator list), with no VAE to show the judge the images,
+        or for a prompt the judge cannot read (then plain sampling, with a warning)."""
+        if candidates is not None:
+            return candidates, judge if judge is not None or candidates == 1 else self.default_judge()
+        n = self.generation_config.candidates
+        if n == 1 or pinned_noise or self.vae is None:
+            return 1, None
+        judge = judge if judge is not None else self.default_judge()
+        try:
+            for prompt in prompts:
+                judge.validate(prompt)
+        except InputError as e:
+            warnings.warn(f"one sample an image (the model's default is the best of {n}): {e}", stacklevel=3)
+            return 1, None
+        return n, judge
 
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         """Options for tqdm (e.g. ``disable=True``), as in diffusers."""
@@ -132,7 +162,7 @@ class JanusFlowPipeline:
         batch_size: int | None = None,
         use_prompt_cache: bool = True,
         callback: Callable[[int, int], None] | None = None,
-        candidates: int = 1,
+        candidates: int | None = None,
         judge: Judge | None = None,
     ) -> JanusFlowPipelineOutput:
         """Generate ``num_images_per_prompt`` images for each prompt.
@@ -142,12 +172,16 @@ class JanusFlowPipeline:
         replaces the drawn noise. ``batch_size`` caps the images sampled together (None: all);
         the noise is drawn up front, so it does not change the result. ``callback(step, num_steps)``
         runs after every step of every batch. ``candidates`` > 1: each image is the best of that many
-        samples by ``judge`` (``best_of``; a judge with a ``perfect`` score stops an image at its first
-        perfect candidate); ``latents`` or a generator list then has one per candidate.
+        samples by ``judge`` (default: the folder's; ``best_of``: a judge with a ``perfect`` score stops an
+        image at its first perfect candidate); ``latents`` or a generator list then has one per candidate.
+        ``candidates`` None: the model folder's default (``generation_config.json``; the embedded model:
+        best of 4), see :meth:`resolve_candidates`; 1 samples as released.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         cfg = SamplerConfig(num_inference_steps, guidance_scale, solver, schedule, shift, use_prompt_cache)
         cfg.validate()
+        candidates, judge = self.resolve_candidates(prompts, candidates, judge,
+                                                    latents is not None or isinstance(generator, (list, tuple)))
         check_candidates(candidates, judge, prompts)
         if output_type not in OUTPUT_TYPES:
             raise InputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")

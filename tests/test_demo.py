@@ -1,7 +1,10 @@
 """The README's main job (`janusflow demo`) runs and says what it did."""
 
+import pytest
+
 import janusflow.demo as demo_module
 from janusflow.cli import main
+from janusflow.pipeline import default_model_dir
 
 
 def test_demo_runs_and_reports(tmp_path, capsys, monkeypatch):
@@ -16,3 +19,11 @@ def test_demo_runs_and_reports(tmp_path, capsys, monkeypatch):
 def test_demo_rejects_bad_arguments(capsys):
     assert main(["demo", "--steps", "0"]) == 1
     assert "at least 1" in capsys.readouterr().err
+
+
+def test_demo_on_the_embedded_model_samples_with_its_defaults(tmp_path, capsys):
+    if default_model_dir() is None:
+        pytest.skip("no default model installed")
+    assert main(["demo", "--out", str(tmp_path), "--steps", "2", "--n-samples", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "each the best of up to 4 by the model's own answers" in out and "drawn in all" in out

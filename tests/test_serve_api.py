@@ -299,12 +299,14 @@ class BlockingFakeEngine:
     """A fake engine for the concurrency tests only: ``generate`` blocks until released (checking for
     cancellation after every "step", as the real sampler does); ``ask`` hangs ignoring cancellation."""
 
+    default_candidates = 1
+
     def __init__(self):
         self.release = threading.Event()
         self.started = threading.Semaphore(0)
         self.calls = 0
 
-    def generate(self, prompt, num_images, steps, guidance_scale, seed, solver, progress=None, candidates=1):
+    def generate(self, prompt, num_images, steps, guidance_scale, seed, solver, progress=None, candidates=None):
         self.calls += 1
         self.started.release()
         step = 0

@@ -70,7 +70,10 @@ def test_readme_scores_are_the_shipped_models_recorded_evaluation():
 
 def test_readme_best_of_rows_are_recorded_evaluations():
     """Each README row "| default model, best of N |" shows `janusflow eval shapes --candidates N`'s
-    generation scores, kept as janusflow/default_model/eval_shapes_best_of_N.json."""
+    generation scores, kept as janusflow/default_model/eval_shapes_best_of_N.json (for the model's
+    default N, eval_shapes.json: what `janusflow eval shapes` records with no --candidates)."""
+    from janusflow.generation_config import GenerationConfig
+
     root = Path(__file__).resolve().parent.parent
     rows = [line for line in (root / "README.md").read_text().splitlines()
             if line.startswith("| default model, best of ")]
@@ -81,7 +84,9 @@ def test_readme_best_of_rows_are_recorded_evaluations():
     for row in rows:
         cells = [c.strip(" *") for c in row.split("|")[1:-1]]
         n = int(cells[0].removeprefix("default model, best of "))
-        results = json.loads((root / "janusflow" / "default_model" / f"eval_shapes_best_of_{n}.json").read_text())
+        default = GenerationConfig.from_folder(root / "janusflow" / "default_model").candidates
+        name = "eval_shapes.json" if n == default else f"eval_shapes_best_of_{n}.json"
+        results = json.loads((root / "janusflow" / "default_model" / name).read_text())
         assert results["settings"]["candidates"] == n
         assert [float(c.split()[0]) for c in cells[1:1 + len(order)]] == [
             round(results["generation"][k], 3) for k in order], row

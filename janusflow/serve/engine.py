@@ -25,10 +25,13 @@ Turn = tuple[str, str]  # (question, answer) of an earlier turn of the same chat
 
 
 class Engine(Protocol):
+    default_candidates: int  # what ``candidates=None`` means: the model's generation_config.json
+
     def generate(self, prompt: str, num_images: int, steps: int, guidance_scale: float, seed: int,
-                 solver: str, progress: Progress | None = None, candidates: int = 1) -> list[Image.Image]:
+                 solver: str, progress: Progress | None = None, candidates: int | None = None) -> list[Image.Image]:
         """``num_images`` images for one prompt; the same seed gives the same images. ``candidates`` > 1:
-        each image is the best of that many by the model's self-check (``best_of``)."""
+        each image is the best of up to that many by the model's self-check (``best_of``); None: the
+        model's default."""
 
     def ask(self, image: Image.Image, question: str, max_new_tokens: int, streamer=None,
             history: Sequence[Turn] = ()) -> str:
@@ -76,11 +79,17 @@ class ModelEngine:
             raise CheckpointError(f"{model_dir}: no vae/ folder; pass a VAE folder (a diffusers AutoencoderKL)")
         return cls(pipe, JanusFlowChat(pipe.model, pipe.processor))
 
+    @property
+    def default_candidates(self) -> int:
+        return self.pipe.generation_config.candidates
+
     def generate(self, prompt: str, num_images: int, steps: int, guidance_scale: float, seed: int,
-                 solver: str, progress: Progress | None = None, candidates: int = 1) -> list[Image.Image]:
+                 solver: str, progress: Progress | None = None, candidates: int | None = None) -> list[Image.Image]:
         from ..shapes.self_check import ShapesJudge
 
-        judge = ShapesJudge(self.chat) if candidates > 1 else None
+        judge = None  # the folder's judge; for a folder that names none, the shapes self-check
+        if candidates is not None and candidates > 1 and self.pipe.default_judge() is None:
+            judge = ShapesJudge(self.chat)
         return self.pipe(prompt, num_inference_steps=steps, guidance_scale=float(guidance_scale),
                          num_images_per_prompt=num_images, generator=seed, solver=solver, output_type="pil",
                          callback=progress, candidates=candidates, judge=judge).images

@@ -75,9 +75,10 @@ def request_models(limits: ServeLimits):
                                       description="classifier-free guidance weight w (1 = no guidance)")
         seed: Optional[int] = Field(None, ge=0, le=MAX_SEED, description="noise seed; null draws one")
         solver: Literal[tuple(SOLVERS)] = Field("euler", description="ODE solver")
-        candidates: int = Field(1, ge=1, le=limits.max_candidates,
-                                description="draw each image this many times and keep the one the model's own "
-                                            "answers about it judge best (shapes-world prompts; 1: plain sampling)")
+        candidates: Optional[int] = Field(None, ge=1, le=limits.max_candidates,
+                                          description="draw each image up to this many times and keep the one the "
+                                                      "model's own answers about it judge best (shapes-world "
+                                                      "prompts; 1: plain sampling; null: the model's default)")
 
         @field_validator("prompt")
         @classmethod

@@ -170,7 +170,8 @@ def build_ui(engine: Engine, worker: ModelWorker, limits: ServeLimits) -> gr.Blo
                     seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id="gen-seed-input")
                     num_images = gr.Slider(1, limits.max_images_per_request, value=1, step=1, label="Images", elem_id="gen-images")
                     solver = gr.Dropdown(list(SOLVERS), value="euler", label="Solver")
-                    candidates = gr.Slider(1, limits.max_candidates, value=1, step=1, elem_id="gen-candidates",
+                    candidates = gr.Slider(1, limits.max_candidates, step=1, elem_id="gen-candidates",
+                                           value=min(engine.default_candidates, limits.max_candidates),
                                            label="Candidates (the best of N by the model's self-check)")
                     run = gr.Button("Generate", variant="primary", elem_id="gen-button")
                 with gr.Column(scale=2):

@@ -1,13 +1,15 @@
 """``janusflow eval shapes``: the shapes-world scores of a model, through the public file layouts.
 
     janusflow eval shapes [--model DIR] [--out DIR] [--prompts-per-category 50] [--images-per-prompt 4]
-                          [--questions 1000] [--seed 0] [--candidates 1]
+                          [--questions 1000] [--seed 0] [--candidates N]
 
 Generation: the GenEval metadata of ``evaluate.geneval_metadata`` (every category, its prompts
 cycled) -> ``pipeline.generate_geneval`` (what ``janusflow generate --geneval-metadata`` runs; prompt i
 draws its noise from seed + i) at the default sampler settings (30 Euler steps, guidance 2) ->
-``evaluate.score_geneval_folder``; ``--candidates N`` keeps each image as the best of N by the model's
-own self-check (``self_check.py``), the one-image latency included. Understanding:
+``evaluate.score_geneval_folder``; each image is the best of up to N samples by the model's own
+self-check (``self_check.py``), the one-image latency included, with N from ``--candidates`` or else
+the model's ``generation_config.json`` (what ``janusflow generate`` uses; 1: the plain sampler).
+Understanding:
 ``evaluate.llava_questions`` (fresh scenes, one question each) -> ``understanding.answer_llava_questions``
 (what ``janusflow ask --question-file`` runs; greedy) -> ``evaluate.score_llava_answers``. Written under OUT:
 
@@ -66,10 +68,11 @@ def evaluate_shapes(model: str | os.PathLike, out: str | os.PathLike, prompts_pe
                     images_per_prompt: int = 4, questions: int = 1000, seed: int = 0,
                     steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE, batch_size: int = 8,
                     device: str | None = None, show_progress: bool = True, latency_repeats: int = 5,
-                    candidates: int = 1) -> dict[str, Any]:
+                    candidates: int | None = None) -> dict[str, Any]:
     """Generate, answer and score (see the module docstring); returns what results.json holds."""
     import torch
 
+    from ..best_of import CountingJudge
     from ..errors import InputError
     from ..pipeline import JanusFlowPipeline, generate_geneval
     from ..understanding import DecodingConfig, JanusFlowChat, answer_llava_questions
@@ -78,8 +81,11 @@ def evaluate_shapes(model: str | os.PathLike, out: str | os.PathLike, prompts_pe
     from .grid import sample_grid
     from .self_check import ShapesJudge
 
-    for name, value in (("prompts per category", prompts_per_category), ("images per prompt", images_per_prompt),
-                        ("questions", questions), ("batch size", batch_size), ("candidates", candidates)):
+    counts = (("prompts per category", prompts_per_category), ("images per prompt", images_per_prompt),
+              ("questions", questions), ("batch size", batch_size), ("candidates", candidates))
+    for name, value in counts:
+        if value is None:  # candidates: the model's default
+            continue
         if value < 1:
             raise InputError(f"the number of {name} must be at least 1, got {value}")
     model, out = Path(os.fspath(model)), Path(os.fspath(out))
@@ -89,7 +95,10 @@ def evaluate_shapes(model: str | os.PathLike, out: str | os.PathLike, prompts_pe
     pipe.set_progress_bar_config(disable=True)
     chat = JanusFlowChat(pipe.model, pipe.processor)
     sampler = {"num_inference_steps": steps, "guidance_scale": guidance}
-    best_of = {"candidates": candidates, "judge": ShapesJudge(chat)} if candidates > 1 else {}
+    if candidates is None:  # the model's default (generation_config.json), as `janusflow generate` uses it
+        candidates = pipe.generation_config.candidates
+    judge = CountingJudge(pipe.default_judge() or ShapesJudge(chat)) if candidates > 1 else None
+    best_of = {"candidates": candidates, "judge": judge}
     decoding = DecodingConfig(max_new_tokens=MAX_ANSWER_TOKENS)
 
     # generation, in the GenEval layout (a fresh folder: old images may come from another model)
@@ -100,6 +109,7 @@ def evaluate_shapes(model: str | os.PathLike, out: str | os.PathLike, prompts_pe
         generate_geneval(pipe, gen_dir / "metadata.jsonl", gen_dir / "images", images_per_prompt, seed,
                          show_progress=show_progress, **sampler, **best_of)
     generation = score_geneval_folder(gen_dir / "images")
+    samples_drawn = judge.read if judge is not None else generation["n_images"]
     out.mkdir(parents=True, exist_ok=True)
     sample_grid(gen_dir / "images").save(out / "grid.png")  # the first image of 6 prompts a category
 
@@ -118,7 +128,8 @@ def evaluate_shapes(model: str | os.PathLike, out: str | os.PathLike, prompts_pe
     first_image = und_dir / "images" / lines[0]["image"]
     timing = {
         "threads": torch.get_num_threads(),
-        "generation": {"images": n_images, "wall_seconds": gen_clock.wall, "cpu_seconds": gen_clock.cpu,
+        "generation": {"images": n_images, "samples_per_image": samples_drawn / n_images,
+                       "wall_seconds": gen_clock.wall, "cpu_seconds": gen_clock.cpu,
                        "wall_seconds_per_image": gen_clock.wall / n_images,
                        "cpu_seconds_per_image": gen_clock.cpu / n_images,
                        "one_image": _latency(lambda: pipe("a red circle", generator=seed, **sampler, **best_of),
@@ -152,7 +163,9 @@ def format_results(results: dict[str, Any]) -> str:
 
     gen, und, timing = results["generation"], results["understanding"], results["timing"]
     s = results["settings"]
-    best_of = f", each the best of {s['candidates']} by self-check" if s.get("candidates", 1) > 1 else ""
+    drawn = timing["generation"].get("samples_per_image")
+    best_of = (f", each the best of up to {s['candidates']} by self-check"
+               + (f" ({drawn:.2f} drawn an image)" if drawn else "")) if s.get("candidates", 1) > 1 else ""
     lines = [f"generation ({gen['n_images']} images: {s['prompts_per_category']} prompts a category x "
              f"{s['images_per_prompt']}, {s['num_inference_steps']} steps, guidance {s['guidance_scale']:g}{best_of})"]
     lines += [f"  {tag:<14} {gen[tag]:.3f}" for tag in CATEGORIES if tag in gen]
@@ -182,8 +195,9 @@ def format_results(results: dict[str, Any]) -> str:
          arg("--questions", type=int, default=1000),
          arg("--seed", type=int, default=0),
          arg("--batch-size", type=int, default=8, help="questions answered together"),
-         arg("--candidates", type=int, default=1, metavar="N",
-             help="each image the best of N by the model's self-check (default 1: the plain sampler)"),
+         arg("--candidates", type=int, default=None, metavar="N",
+             help="each image the best of up to N by the model's self-check (1: the plain sampler; default: "
+                  "the model's generation_config.json, as `janusflow generate` uses it)"),
          arg("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"),
          arg("--device", default=None, help="cpu, cuda, ... (default: cuda if available)"))
 def eval_main(args: argparse.Namespace) -> int:

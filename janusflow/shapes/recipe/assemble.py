@@ -2,7 +2,8 @@
 
     python -m janusflow.shapes.recipe.assemble runs/recipe/sft/export [--out janusflow/default_model] [--eval]
 
-Writes ``config.json`` + ``model.safetensors`` (fp16), the tokenizer files, ``processor_config.json``
+Writes ``config.json`` + ``model.safetensors`` (fp16), the tokenizer files, ``processor_config.json``,
+``generation_config.json`` (``GENERATION``: each image the best of up to 4 by the model's self-check)
 and ``vae/`` (fp16; the pipeline runs it in fp32), at most ``MAX_MB`` in all, and checks that the
 result loads with ``JanusFlowPipeline.from_pretrained`` / ``JanusFlowChat.from_pretrained``. Files
 are written to a temporary folder and moved into place one by one; anything else in the target
@@ -21,7 +22,10 @@ from typing import Any
 
 import torch
 
+from ...generation_config import GenerationConfig
+
 MAX_MB = 25.0
+GENERATION = GenerationConfig(candidates=4, judge="shapes")  # the embedded model's sampling defaults
 RESULTS = "eval_shapes.json"
 DEFAULT_TARGET = Path(__file__).resolve().parents[2] / "default_model"
 
@@ -51,6 +55,7 @@ def assemble(source: str | os.PathLike, target: str | os.PathLike = DEFAULT_TARG
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging, dtype=dtype)
     processor.save_pretrained(staging)
+    GENERATION.save(staging)
     AutoencoderKL.from_pretrained(source / VAE_SUBFOLDER, torch_dtype=dtype).save_pretrained(staging / VAE_SUBFOLDER)
     _drop_local_path(staging / VAE_SUBFOLDER / "config.json")
     size = folder_mb(staging)
