@@ -15,7 +15,7 @@ import json
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -315,7 +315,8 @@ def generate_geneval(pipe: JanusFlowPipeline, metadata_file: str | os.PathLike, 
             raise InputError(f"prompt {number} ({obj['prompt'][:40]!r}): {e}") from None
     out = Path(os.fspath(out_dir))
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"metadata_file": os.fspath(metadata_file), "num_images": num_images, "seed": seed, **call_kwargs}
+    settings = {"metadata_file": os.fspath(metadata_file), "num_images": num_images, "seed": seed, **call_kwargs,
+                "model_generation_config": asdict(pipe.generation_config)}  # what candidates=None means
     (out / "janusflow_generation.json").write_text(json.dumps(settings, indent=2, default=str) + "\n")
     done = skipped = 0
     for i, (line, obj) in enumerate(tqdm(entries, desc="prompts", unit="prompt", disable=not show_progress)):
