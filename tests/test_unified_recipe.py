@@ -313,9 +313,10 @@ def test_eval_shapes_best_of_candidates(tmp_path, capsys):
     args = ["eval", "shapes", "--model", str(model), "--out", str(out), "--prompts-per-category", "1",
             "--images-per-prompt", "1", "--questions", "2", "--threads", "1"]
     assert main([*args, "--candidates", "2"]) == 0
-    assert "each the best of 2 by self-check" in capsys.readouterr().out
+    assert "each the best of up to 2 by self-check (" in capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
     assert results["generation"]["n_images"] == 6 and results["settings"]["candidates"] == 2
+    assert 1 <= results["timing"]["generation"]["samples_per_image"] <= 2
     assert len(list((out / "geneval" / "images").glob("*/samples/*.png"))) == 6
     assert main([*args, "--candidates", "0"]) == 1
     assert "candidates must be at least 1" in capsys.readouterr().err
