@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError, JanusFlowError
+from .errors import InputError, JanusFlowError, JanusFlowWarning
 
 PROG = "janusflow"
 
@@ -295,13 +296,29 @@ def _one_line(error: BaseException) -> str:
     return text if len(text) <= 600 else text[:597] + "..."
 
 
+def _one_line_warnings(show: Callable) -> Callable:
+    """``warnings.showwarning`` printing our own warnings as one line of the command's output, and
+    anyone else's through ``show`` (as Python shows them)."""
+
+    def showwarning(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, JanusFlowWarning):
+            print(f"{PROG}: note: {_one_line(message)}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, or a usage error already printed on one line
         return int(e.code or 0) if not isinstance(e.code, str) else 2
     try:
-        return int(args.run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", JanusFlowWarning)
+            warnings.showwarning = _one_line_warnings(warnings.showwarning)
+            return int(args.run(args) or 0)
     except NoModelError as e:
         print(f"{PROG}: {_one_line(e)}", file=sys.stderr)
         return 2

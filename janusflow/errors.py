@@ -18,3 +18,8 @@ class ConfigError(JanusFlowError, ValueError):
 
 class CheckpointError(JanusFlowError, ValueError):
     """A checkpoint folder with missing, unexpected, mis-shaped or unreadable weights."""
+
+
+class JanusFlowWarning(UserWarning):
+    """Something the user should know that changes no result they asked for (e.g. a model's default
+    that could not apply); the command line prints it as one line."""

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from .best_of import Judge, check_candidates, search
-from .errors import CheckpointError, InputError
+from .errors import CheckpointError, InputError, JanusFlowWarning
 from .generation_config import GenerationConfig
 from .sampler import SamplerConfig, initial_noise, sample_latents
 from .vae import check_finite, decode, load_vae, to_pil
@@ -139,7 +139,8 @@ class JanusFlowPipeline:
             for prompt in prompts:
                 judge.validate(prompt)
         except InputError as e:
-            warnings.warn(f"one sample an image (the model's default is the best of {n}): {e}", stacklevel=3)
+            warnings.warn(f"one sample an image (the model's default is the best of {n}): {e}", JanusFlowWarning,
+                          stacklevel=3)
             return 1, None
         return n, judge
 

@@ -109,6 +109,10 @@ def test_generate_command_uses_the_folders_default(folder, tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "zero"), "--candidates", "0"]) == 1
     assert main(["eval", "shapes", "--model", str(folder), "--out", str(tmp_path / "e"), "--candidates", "0"]) == 1
     assert "candidates must be at least 1" in capsys.readouterr().err
+    assert main(["generate", "a red car", *args[2:], "--out", str(tmp_path / "car")]) == 0
+    err = capsys.readouterr().err
+    assert "janusflow: note: one sample an image (the model's default is the best of 3)" in err and "a red car" in err
+    assert (tmp_path / "car" / "0001.png").is_file()
 
 
 def test_the_embedded_model_draws_the_best_of_four():
