@@ -132,7 +132,7 @@ def parity(args: argparse.Namespace) -> int:
          arg("--batch-size", type=int, default=None, help="images sampled together (default: all)"),
          arg("--candidates", type=int, default=None, metavar="N",
              help="draw each image up to N times and keep the one the model's own answers judge best "
-                  "(shapes-world prompts; 1: plain sampling; default: the model's generation_config.json, "
+                  "(shapes-world prompts; 1: plain sampling; default: the model's image_generation_config.json, "
                   "4 for the embedded model, else 1)"),
          *MODEL)
 def generate(args: argparse.Namespace) -> int:

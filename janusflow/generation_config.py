@@ -1,4 +1,4 @@
-"""A model folder's generation defaults: ``generation_config.json`` beside ``config.json``.
+"""A model folder's generation defaults: ``image_generation_config.json`` beside ``config.json``.
 
 What a call that does not say otherwise gets (the pipeline, ``janusflow generate``, ``janusflow eval
 shapes``, the server and its page). A folder without the file samples as released (one candidate); the
@@ -14,6 +14,8 @@ so each of its images is the best of up to four samples by the model's own answe
                             needed when candidates > 1
 
 The sampler's own settings (30 Euler steps, guidance 2) are not model-specific and stay as released.
+The name is not transformers' ``generation_config.json``, which a released folder may carry for text
+decoding (token ids) and which this file must not be confused with.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-FILENAME = "generation_config.json"
+FILENAME = "image_generation_config.json"
 JUDGES = ("shapes",)
 
 
@@ -45,7 +47,7 @@ class GenerationConfig:
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike) -> "GenerationConfig":
-        """The folder's ``generation_config.json``, or the released defaults when it has none."""
+        """The folder's ``image_generation_config.json``, or the released defaults when it has none."""
         path = Path(os.fspath(folder)) / FILENAME
         if not path.is_file():
             return cls()

@@ -118,7 +118,7 @@ class JanusFlowPipeline:
         return self.model.device
 
     def default_judge(self) -> Judge | None:
-        """The judge the model folder names (``generation_config.json``), built once; None if none."""
+        """The judge the model folder names (``image_generation_config.json``), built once; None if none."""
         if self._judge is None:
             self._judge = self.generation_config.make_judge(self.model, self.processor)
         return self._judge
@@ -175,7 +175,7 @@ class JanusFlowPipeline:
         runs after every step of every batch. ``candidates`` > 1: each image is the best of that many
         samples by ``judge`` (default: the folder's; ``best_of``: a judge with a ``perfect`` score stops an
         image at its first perfect candidate); ``latents`` or a generator list then has one per candidate.
-        ``candidates`` None: the model folder's default (``generation_config.json``; the embedded model:
+        ``candidates`` None: the model folder's default (``image_generation_config.json``; the embedded model:
         best of 4), see :meth:`resolve_candidates`; 1 samples as released.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)

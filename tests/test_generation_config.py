@@ -1,4 +1,4 @@
-"""A model folder's generation defaults (``generation_config.json``) and how the pipeline, the command
+"""A model folder's generation defaults (``image_generation_config.json``) and how the pipeline, the command
 line and the server apply them: the folder's best-of-N where it can apply, plain sampling otherwise."""
 
 from __future__ import annotations
@@ -132,3 +132,10 @@ def test_the_server_engine_offers_the_folders_default(folder, pipe):
                                                                                           candidates=3)]
     assert [im.tobytes() for im in default] == [
         im.tobytes() for im in pipe(PROMPT, num_inference_steps=2, num_images_per_prompt=2, generator=5).images]
+
+
+def test_a_transformers_generation_config_is_not_ours(tmp_path):
+    """A released folder may carry transformers' generation_config.json (text decoding); it is left alone."""
+    folder = make_model_folder(tmp_path / "m")
+    (folder / "generation_config.json").write_text('{"bos_token_id": 0, "eos_token_id": 1, "_from_model_config": true}')
+    assert JanusFlowPipeline.from_pretrained(folder, device="cpu").generation_config == GenerationConfig()

@@ -134,7 +134,7 @@ def test_three_stages_smoke_run_resume_and_assembly(tiny_parts, tmp_path):
     results = json.loads((model_dir / "eval_shapes.json").read_text())
     assert results["settings"]["num_inference_steps"] == 30 and results["generation"]["n_images"] == 6
     # it ships its sampling defaults: each image the best of up to 4 by its own self-check
-    assert json.loads((model_dir / "generation_config.json").read_text()) == {"candidates": 4, "judge": "shapes"}
+    assert json.loads((model_dir / "image_generation_config.json").read_text()) == {"candidates": 4, "judge": "shapes"}
     assert results["settings"]["candidates"] == 4 and 1 <= results["timing"]["generation"]["samples_per_image"] <= 4
     from safetensors import safe_open
 

@@ -25,7 +25,7 @@ Turn = tuple[str, str]  # (question, answer) of an earlier turn of the same chat
 
 
 class Engine(Protocol):
-    default_candidates: int  # what ``candidates=None`` means: the model's generation_config.json
+    default_candidates: int  # what ``candidates=None`` means: the model's image_generation_config.json
 
     def generate(self, prompt: str, num_images: int, steps: int, guidance_scale: float, seed: int,
                  solver: str, progress: Progress | None = None, candidates: int | None = None) -> list[Image.Image]:

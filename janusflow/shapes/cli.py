@@ -8,7 +8,7 @@ cycled) -> ``pipeline.generate_geneval`` (what ``janusflow generate --geneval-me
 draws its noise from seed + i) at the default sampler settings (30 Euler steps, guidance 2) ->
 ``evaluate.score_geneval_folder``; each image is the best of up to N samples by the model's own
 self-check (``self_check.py``), the one-image latency included, with N from ``--candidates`` or else
-the model's ``generation_config.json`` (what ``janusflow generate`` uses; 1: the plain sampler).
+the model's ``image_generation_config.json`` (what ``janusflow generate`` uses; 1: the plain sampler).
 Understanding:
 ``evaluate.llava_questions`` (fresh scenes, one question each) -> ``understanding.answer_llava_questions``
 (what ``janusflow ask --question-file`` runs; greedy) -> ``evaluate.score_llava_answers``. Written under OUT:
@@ -95,7 +95,7 @@ def evaluate_shapes(model: str | os.PathLike, out: str | os.PathLike, prompts_pe
     pipe.set_progress_bar_config(disable=True)
     chat = JanusFlowChat(pipe.model, pipe.processor)
     sampler = {"num_inference_steps": steps, "guidance_scale": guidance}
-    if candidates is None:  # the model's default (generation_config.json), as `janusflow generate` uses it
+    if candidates is None:  # the model's default (image_generation_config.json), as `janusflow generate` uses it
         candidates = pipe.generation_config.candidates
     judge = CountingJudge(pipe.default_judge() or ShapesJudge(chat)) if candidates > 1 else None
     best_of = {"candidates": candidates, "judge": judge}
@@ -197,7 +197,7 @@ def format_results(results: dict[str, Any]) -> str:
          arg("--batch-size", type=int, default=8, help="questions answered together"),
          arg("--candidates", type=int, default=None, metavar="N",
              help="each image the best of up to N by the model's self-check (1: the plain sampler; default: "
-                  "the model's generation_config.json, as `janusflow generate` uses it)"),
+                  "the model's image_generation_config.json, as `janusflow generate` uses it)"),
          arg("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"),
          arg("--device", default=None, help="cpu, cuda, ... (default: cuda if available)"))
 def eval_main(args: argparse.Namespace) -> int:

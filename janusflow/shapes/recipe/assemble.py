@@ -3,7 +3,7 @@
     python -m janusflow.shapes.recipe.assemble runs/recipe/sft/export [--out janusflow/default_model] [--eval]
 
 Writes ``config.json`` + ``model.safetensors`` (fp16), the tokenizer files, ``processor_config.json``,
-``generation_config.json`` (``GENERATION``: each image the best of up to 4 by the model's self-check)
+``image_generation_config.json`` (``GENERATION``: each image the best of up to 4 by the model's self-check)
 and ``vae/`` (fp16; the pipeline runs it in fp32), at most ``MAX_MB`` in all, and checks that the
 result loads with ``JanusFlowPipeline.from_pretrained`` / ``JanusFlowChat.from_pretrained``. Files
 are written to a temporary folder and moved into place one by one; anything else in the target
