@@ -25,7 +25,7 @@ from PIL import Image
 
 from .best_of import Judge, check_candidates, search
 from .errors import CheckpointError, InputError, JanusFlowWarning
-from .generation_config import GenerationConfig
+from .image_generation_config import ImageGenerationConfig
 from .sampler import SamplerConfig, initial_noise, sample_latents
 from .vae import check_finite, decode, load_vae, to_pil
 
@@ -96,9 +96,9 @@ class JanusFlowPipelineOutput:
 class JanusFlowPipeline:
     """Text-to-image with JanusFlow: prompt rows -> rectified-flow ODE in latent space -> VAE decode."""
 
-    def __init__(self, model, processor, vae=None, generation_config: GenerationConfig | None = None):
+    def __init__(self, model, processor, vae=None, image_generation_config: ImageGenerationConfig | None = None):
         self.model, self.processor, self.vae = model, processor, vae
-        self.generation_config = generation_config or GenerationConfig()  # the folder's defaults
+        self.image_generation_config = image_generation_config or ImageGenerationConfig()  # the folder's
         self._judge: Judge | None = None
         self._progress: dict[str, Any] = {}
 
@@ -111,7 +111,7 @@ class JanusFlowPipeline:
             vae = Path(os.fspath(model_dir)) / VAE_SUBFOLDER
         if vae is not None:
             vae = load_vae(vae, model.device, dtype)
-        return cls(model, processor, vae, GenerationConfig.from_folder(model_dir))
+        return cls(model, processor, vae, ImageGenerationConfig.from_folder(model_dir))
 
     @property
     def device(self) -> torch.device:
@@ -120,7 +120,7 @@ class JanusFlowPipeline:
     def default_judge(self) -> Judge | None:
         """The judge the model folder names (``image_generation_config.json``), built once; None if none."""
         if self._judge is None:
-            self._judge = self.generation_config.make_judge(self.model, self.processor)
+            self._judge = self.image_generation_config.make_judge(self.model, self.processor)
         return self._judge
 
     def resolve_candidates(self, prompts: Sequence[str], candidates: int | None, judge: Judge | None,
@@ -131,7 +131,7 @@ class JanusFlowPipeline:
         or for a prompt the judge cannot read (then plain sampling, with a warning)."""
         if candidates is not None:
             return candidates, judge if judge is not None or candidates == 1 else self.default_judge()
-        n = self.generation_config.candidates
+        n = self.image_generation_config.candidates
         if n == 1 or pinned_noise or self.vae is None:
             return 1, None
         judge = judge if judge is not None else self.default_judge()
@@ -317,7 +317,7 @@ def generate_geneval(pipe: JanusFlowPipeline, metadata_file: str | os.PathLike, 
     out = Path(os.fspath(out_dir))
     out.mkdir(parents=True, exist_ok=True)
     settings = {"metadata_file": os.fspath(metadata_file), "num_images": num_images, "seed": seed, **call_kwargs,
-                "model_generation_config": asdict(pipe.generation_config)}  # what candidates=None means
+                "image_generation_config": asdict(pipe.image_generation_config)}  # candidates=None
     (out / "janusflow_generation.json").write_text(json.dumps(settings, indent=2, default=str) + "\n")
     done = skipped = 0
     for i, (line, obj) in enumerate(tqdm(entries, desc="prompts", unit="prompt", disable=not show_progress)):

@@ -72,7 +72,7 @@ def test_readme_best_of_rows_are_recorded_evaluations():
     """Each README row "| default model, best of N |" shows `janusflow eval shapes --candidates N`'s
     generation scores, kept as janusflow/default_model/eval_shapes_best_of_N.json (for the model's
     default N, eval_shapes.json: what `janusflow eval shapes` records with no --candidates)."""
-    from janusflow.generation_config import GenerationConfig
+    from janusflow.image_generation_config import ImageGenerationConfig
 
     root = Path(__file__).resolve().parent.parent
     rows = [line for line in (root / "README.md").read_text().splitlines()
@@ -84,7 +84,7 @@ def test_readme_best_of_rows_are_recorded_evaluations():
     for row in rows:
         cells = [c.strip(" *") for c in row.split("|")[1:-1]]
         n = int(cells[0].removeprefix("default model, best of "))
-        default = GenerationConfig.from_folder(root / "janusflow" / "default_model").candidates
+        default = ImageGenerationConfig.from_folder(root / "janusflow" / "default_model").candidates
         name = "eval_shapes.json" if n == default else f"eval_shapes_best_of_{n}.json"
         results = json.loads((root / "janusflow" / "default_model" / name).read_text())
         assert results["settings"]["candidates"] == n

@@ -81,7 +81,7 @@ class ModelEngine:
 
     @property
     def default_candidates(self) -> int:
-        return self.pipe.generation_config.candidates
+        return self.pipe.image_generation_config.candidates
 
     def generate(self, prompt: str, num_images: int, steps: int, guidance_scale: float, seed: int,
                  solver: str, progress: Progress | None = None, candidates: int | None = None) -> list[Image.Image]:

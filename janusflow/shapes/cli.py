@@ -96,7 +96,7 @@ def evaluate_shapes(model: str | os.PathLike, out: str | os.PathLike, prompts_pe
     chat = JanusFlowChat(pipe.model, pipe.processor)
     sampler = {"num_inference_steps": steps, "guidance_scale": guidance}
     if candidates is None:  # the model's default (image_generation_config.json), as `janusflow generate` uses it
-        candidates = pipe.generation_config.candidates
+        candidates = pipe.image_generation_config.candidates
     judge = CountingJudge(pipe.default_judge() or ShapesJudge(chat)) if candidates > 1 else None
     best_of = {"candidates": candidates, "judge": judge}
     decoding = DecodingConfig(max_new_tokens=MAX_ANSWER_TOKENS)

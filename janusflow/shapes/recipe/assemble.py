@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from ...generation_config import GenerationConfig
+from ...image_generation_config import ImageGenerationConfig
 
 MAX_MB = 25.0
-GENERATION = GenerationConfig(candidates=4, judge="shapes")  # the embedded model's sampling defaults
+GENERATION = ImageGenerationConfig(candidates=4, judge="shapes")  # the embedded model's sampling defaults
 RESULTS = "eval_shapes.json"
 DEFAULT_TARGET = Path(__file__).resolve().parents[2] / "default_model"
 

@@ -1,5 +1,6 @@
-"""A model folder's generation defaults (``image_generation_config.json``) and how the pipeline, the command
-line and the server apply them: the folder's best-of-N where it can apply, plain sampling otherwise."""
+"""A model folder's image generation defaults (``image_generation_config.json``) and how the
+pipeline, the command line and the server apply them: the folder's best-of-N where it can apply,
+plain sampling otherwise."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from inference_helpers import make_model_folder
 from janusflow.cli import main
 from janusflow.errors import ConfigError
-from janusflow.generation_config import FILENAME, GenerationConfig
+from janusflow.image_generation_config import FILENAME, ImageGenerationConfig
 from janusflow.pipeline import JanusFlowPipeline, default_model_dir
 from janusflow.shapes.self_check import ShapesJudge
 
@@ -22,7 +23,7 @@ PROMPT = "a circle above a square"
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     folder = make_model_folder(tmp_path_factory.mktemp("tiny") / "m")
-    GenerationConfig(candidates=3, judge="shapes").save(folder)
+    ImageGenerationConfig(candidates=3, judge="shapes").save(folder)
     return folder
 
 
@@ -39,14 +40,14 @@ def run(pipe, prompt=PROMPT, **kwargs):
 
 
 def test_a_folder_without_the_file_samples_as_released(tmp_path):
-    assert GenerationConfig.from_folder(tmp_path) == GenerationConfig(candidates=1, judge=None)
-    assert GenerationConfig.from_folder(tmp_path).make_judge(None, None) is None
+    assert ImageGenerationConfig.from_folder(tmp_path) == ImageGenerationConfig(candidates=1, judge=None)
+    assert ImageGenerationConfig.from_folder(tmp_path).make_judge(None, None) is None
 
 
 def test_the_file_round_trips(tmp_path):
-    config = GenerationConfig(candidates=4, judge="shapes")
+    config = ImageGenerationConfig(candidates=4, judge="shapes")
     assert json.loads(config.save(tmp_path).read_text()) == {"candidates": 4, "judge": "shapes"}
-    assert GenerationConfig.from_folder(tmp_path) == config
+    assert ImageGenerationConfig.from_folder(tmp_path) == config
 
 
 @pytest.mark.parametrize("text, message", [
@@ -62,7 +63,7 @@ def test_the_file_round_trips(tmp_path):
 def test_a_wrong_file_is_refused_with_its_path(tmp_path, text, message):
     (tmp_path / FILENAME).write_text(text)
     with pytest.raises(ConfigError, match=message) as info:
-        GenerationConfig.from_folder(tmp_path)
+        ImageGenerationConfig.from_folder(tmp_path)
     assert FILENAME in str(info.value)
 
 
@@ -74,7 +75,7 @@ def test_the_pipeline_refuses_a_folder_with_a_wrong_file(tmp_path):
 
 
 def test_the_folders_default_is_its_best_of_n(pipe):
-    assert pipe.generation_config == GenerationConfig(candidates=3, judge="shapes")
+    assert pipe.image_generation_config == ImageGenerationConfig(candidates=3, judge="shapes")
     assert isinstance(pipe.default_judge(), ShapesJudge) and pipe.default_judge() is pipe.default_judge()
     default = run(pipe)
     torch.testing.assert_close(default, run(pipe, candidates=3, judge=ShapesJudge(pipe.default_judge().chat)))
@@ -94,7 +95,7 @@ def test_the_default_falls_back_to_plain_sampling_where_it_cannot_apply(pipe):
         pinned = pipe(PROMPT, num_inference_steps=2, num_images_per_prompt=2, output_type="latent",
                       generator=[torch.Generator().manual_seed(5) for _ in range(2)]).images
     assert pinned.shape == plain.shape  # one generator an image: one sample an image
-    no_vae = JanusFlowPipeline(pipe.model, pipe.processor, generation_config=pipe.generation_config)
+    no_vae = JanusFlowPipeline(pipe.model, pipe.processor, image_generation_config=pipe.image_generation_config)
     assert no_vae.resolve_candidates([PROMPT], None, None) == (1, None)
 
 
@@ -119,7 +120,7 @@ def test_the_embedded_model_draws_the_best_of_four():
     model = default_model_dir()
     if model is None:
         pytest.skip("no default model installed")
-    assert GenerationConfig.from_folder(model) == GenerationConfig(candidates=4, judge="shapes")
+    assert ImageGenerationConfig.from_folder(model) == ImageGenerationConfig(candidates=4, judge="shapes")
 
 
 def test_the_server_engine_offers_the_folders_default(folder, pipe):
@@ -137,5 +138,6 @@ def test_the_server_engine_offers_the_folders_default(folder, pipe):
 def test_a_transformers_generation_config_is_not_ours(tmp_path):
     """A released folder may carry transformers' generation_config.json (text decoding); it is left alone."""
     folder = make_model_folder(tmp_path / "m")
-    (folder / "generation_config.json").write_text('{"bos_token_id": 0, "eos_token_id": 1, "_from_model_config": true}')
-    assert JanusFlowPipeline.from_pretrained(folder, device="cpu").generation_config == GenerationConfig()
+    (folder / "generation_config.json").write_text('{"bos_token_id": 0, "eos_token_id": 1}')
+    pipe = JanusFlowPipeline.from_pretrained(folder, device="cpu")
+    assert pipe.image_generation_config == ImageGenerationConfig()

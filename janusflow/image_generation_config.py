@@ -1,4 +1,4 @@
-"""A model folder's generation defaults: ``image_generation_config.json`` beside ``config.json``.
+"""A model folder's image generation defaults: ``image_generation_config.json`` beside ``config.json``.
 
 What a call that does not say otherwise gets (the pipeline, ``janusflow generate``, ``janusflow eval
 shapes``, the server and its page). A folder without the file samples as released (one candidate); the
@@ -32,7 +32,7 @@ JUDGES = ("shapes",)
 
 
 @dataclass(frozen=True)
-class GenerationConfig:
+class ImageGenerationConfig:
     candidates: int = 1
     judge: str | None = None
 
@@ -46,7 +46,7 @@ class GenerationConfig:
             raise ConfigError(f"candidates = {n} needs a judge to pick the best of them")
 
     @classmethod
-    def from_folder(cls, folder: str | os.PathLike) -> "GenerationConfig":
+    def from_folder(cls, folder: str | os.PathLike) -> "ImageGenerationConfig":
         """The folder's ``image_generation_config.json``, or the released defaults when it has none."""
         path = Path(os.fspath(folder)) / FILENAME
         if not path.is_file():
