@@ -18,6 +18,7 @@ import time
 import torch
 
 import _common  # noqa: F401  (puts the repository root on sys.path)
+from janusflow.best_of import CountingJudge
 from janusflow.pipeline import JanusFlowPipeline, default_model_dir
 from janusflow.shapes.evaluate import geneval_metadata
 from janusflow.shapes.self_check import ShapesJudge
@@ -25,8 +26,8 @@ from janusflow.shapes.world import CATEGORIES
 from janusflow.understanding import JanusFlowChat
 
 
-class TimedJudge(ShapesJudge):
-    """The judge, with the seconds (wall, CPU) its calls took and the images it read."""
+class TimedJudge(CountingJudge):
+    """A judge with the seconds (wall, CPU) its calls took, beside the images it read (``read``)."""
 
     def __call__(self, prompt, images):
         wall, cpu = time.perf_counter(), time.process_time()
@@ -35,7 +36,6 @@ class TimedJudge(ShapesJudge):
         finally:
             self.spent[0] += time.perf_counter() - wall
             self.spent[1] += time.process_time() - cpu
-            self.read += len(images)
 
 
 def main() -> None:
@@ -48,7 +48,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     pipe = JanusFlowPipeline.from_pretrained(default_model_dir(), device="cpu")
     pipe.set_progress_bar_config(disable=True)
-    judge = TimedJudge(JanusFlowChat(pipe.model, pipe.processor))
+    judge = TimedJudge(ShapesJudge(JanusFlowChat(pipe.model, pipe.processor)))
     metadata = geneval_metadata(50, 0)
     prompts = [m["prompt"] for tag in CATEGORIES for m in [m for m in metadata if m["tag"] == tag][:args.prompts]]
     print(f"threads {torch.get_num_threads()}; one image for each of {len(prompts)} prompts ({args.prompts} a "

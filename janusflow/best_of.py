@@ -61,11 +61,11 @@ def search(prompts: Sequence[str], images_per_prompt: int, candidates: int, judg
         images = draw(rows)
         if len(images) != len(rows):
             raise ValueError(f"drew {len(images)} images for {len(rows)} rows")
-        for p, prompt in enumerate(prompts):  # one judge call per prompt and round
-            mine = [i for i, row in enumerate(rows) if row // (images_per_prompt * candidates) == p]
-            if not mine:
-                continue
-            scores = [float(s) for s in judge(prompt, [images[i] for i in mine])]
+        by_prompt: dict[int, list[int]] = {}  # prompt -> positions in ``rows``
+        for i, row in enumerate(rows):
+            by_prompt.setdefault(row // (images_per_prompt * candidates), []).append(i)
+        for p, mine in by_prompt.items():  # one judge call per prompt and round
+            scores = [float(s) for s in judge(prompts[p], [images[i] for i in mine])]
             if len(scores) != len(mine):
                 raise ValueError(f"the judge returned {len(scores)} scores for {len(mine)} images")
             for i, score in zip(mine, scores):

@@ -158,11 +158,10 @@ def generate(args: argparse.Namespace) -> int:
                     schedule=args.schedule, batch_size=args.batch_size)
     if args.candidates is not None:  # else the model's default (JanusFlowPipeline.resolve_candidates)
         settings["candidates"] = args.candidates
-        if args.candidates > 1 and pipe.default_judge() is None:
-            from .shapes.self_check import ShapesJudge
-            from .understanding import JanusFlowChat
+        if args.candidates > 1:
+            from .shapes.self_check import judge_for
 
-            settings["judge"] = ShapesJudge(JanusFlowChat(pipe.model, pipe.processor))
+            settings["judge"] = judge_for(pipe)
     if args.geneval_metadata:
         done, skipped = generate_geneval(pipe, args.geneval_metadata, args.out, args.n_samples, args.seed, **settings)
         print(f"wrote {done} prompt folder(s) to {args.out}" + (f" ({skipped} already complete)" if skipped else ""))

@@ -85,11 +85,9 @@ class ModelEngine:
 
     def generate(self, prompt: str, num_images: int, steps: int, guidance_scale: float, seed: int,
                  solver: str, progress: Progress | None = None, candidates: int | None = None) -> list[Image.Image]:
-        from ..shapes.self_check import ShapesJudge
+        from ..shapes.self_check import judge_for
 
-        judge = None  # the folder's judge; for a folder that names none, the shapes self-check
-        if candidates is not None and candidates > 1 and self.pipe.default_judge() is None:
-            judge = ShapesJudge(self.chat)
+        judge = judge_for(self.pipe, self.chat) if candidates is not None and candidates > 1 else None  # None: default
         return self.pipe(prompt, num_inference_steps=steps, guidance_scale=float(guidance_scale),
                          num_images_per_prompt=num_images, generator=seed, solver=solver, output_type="pil",
                          callback=progress, candidates=candidates, judge=judge).images

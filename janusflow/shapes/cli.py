@@ -79,7 +79,7 @@ def evaluate_shapes(model: str | os.PathLike, out: str | os.PathLike, prompts_pe
     from .evaluate import geneval_metadata, llava_questions, read_jsonl, score_geneval_folder, score_llava_answers
     from .evaluate import write_jsonl
     from .grid import sample_grid
-    from .self_check import ShapesJudge
+    from .self_check import judge_for
 
     counts = (("prompts per category", prompts_per_category), ("images per prompt", images_per_prompt),
               ("questions", questions), ("batch size", batch_size), ("candidates", candidates))
@@ -97,7 +97,7 @@ def evaluate_shapes(model: str | os.PathLike, out: str | os.PathLike, prompts_pe
     sampler = {"num_inference_steps": steps, "guidance_scale": guidance}
     if candidates is None:  # the model's default (image_generation_config.json), as `janusflow generate` uses it
         candidates = pipe.image_generation_config.candidates
-    judge = CountingJudge(pipe.default_judge() or ShapesJudge(chat)) if candidates > 1 else None
+    judge = CountingJudge(judge_for(pipe, chat)) if candidates > 1 else None
     best_of = {"candidates": candidates, "judge": judge}
     decoding = DecodingConfig(max_new_tokens=MAX_ANSWER_TOKENS)
 

@@ -119,3 +119,12 @@ class ShapesJudge:
                  if (q := relation_question(spec, *got[len(checks):])) is not None}
         replies = dict(zip(asked, self.ask([(images[i], q) for i, q in asked.items()])))
         return [(n + (replies.get(i) == "yes")) / (len(checks) + 1) for i, n in enumerate(passed)]
+
+
+def judge_for(pipe, chat=None):
+    """The judge of a best-of-N asked of ``pipe``: the one its model folder names
+    (``image_generation_config.json``), else this self-check reading with ``chat`` (default: a chat on
+    the pipeline's own model)."""
+    from ..understanding import JanusFlowChat
+
+    return pipe.default_judge() or ShapesJudge(chat or JanusFlowChat(pipe.model, pipe.processor))
