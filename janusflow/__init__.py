@@ -1,2 +1,19 @@
-"""JanusFlow: unified image understanding and rectified-flow generation."""
+"""JanusFlow: unified image understanding and rectified-flow generation.
+
+Importing the package registers its classes with transformers' Auto classes (:mod:`janusflow.auto`), so
+``AutoModel.from_pretrained(folder)`` and ``AutoProcessor.from_pretrained(folder)`` work on our folders and
+the release's without ``trust_remote_code``.
+"""
+
 __version__ = "0.1.0"
+
+from .auto import register as _register  # noqa: E402
+from .config import JanusFlowConfig  # noqa: E402
+from .image_processing import JanusFlowImageProcessor  # noqa: E402
+from .modeling import JanusFlowForConditionalGeneration, JanusFlowModel  # noqa: E402
+from .processor import JanusFlowProcessor  # noqa: E402
+
+_register()
+
+__all__ = ["JanusFlowConfig", "JanusFlowForConditionalGeneration", "JanusFlowImageProcessor", "JanusFlowModel",
+           "JanusFlowProcessor", "__version__"]

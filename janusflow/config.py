@@ -11,10 +11,13 @@ Conversion to and from the official nested ``config.json`` lives in :mod:`janusf
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from transformers import PretrainedConfig
 
 from .errors import ConfigError
 
@@ -205,13 +208,68 @@ class GenerationVisionConfig:
                 f"{self.latent_grid * 2 ** self.upsamples}")
 
 
-@dataclass
-class JanusFlowConfig:
-    """The unified model: LLM + understanding path + generation path + aligners."""
+#: The typed sections of :class:`JanusFlowConfig` (name -> dataclass), in ``config.json`` order.
+SECTIONS = {"language": LanguageConfig, "und_vision": UnderstandingVisionConfig, "gen_vision": GenerationVisionConfig}
+#: Special token ids a model folder may record (filled from its tokenizer when absent, see modeling).
+TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "image_token_id", "boi_token_id")
 
-    language: LanguageConfig = field(default_factory=LanguageConfig)
-    und_vision: UnderstandingVisionConfig = field(default_factory=UnderstandingVisionConfig)
-    gen_vision: GenerationVisionConfig = field(default_factory=GenerationVisionConfig)
+
+@functools.lru_cache(maxsize=1)
+def _generic_keys() -> frozenset[str]:
+    """Top-level keys that transformers itself writes or passes to every config (not ours to reject)."""
+    from transformers import GenerationConfig, PretrainedConfig
+
+    return frozenset(PretrainedConfig().to_dict()) | frozenset(GenerationConfig._get_default_generation_params()) | {
+        "name_or_path", "_name_or_path", "_commit_hash", "torch_dtype", "attn_implementation",
+        "experts_implementation", "output_attentions", "num_labels", "auto_map", "per_layer_config",
+        "tie_word_embeddings", "use_cache", "transformers_version", "architectures", "model_type"}
+
+
+class JanusFlowConfig(PretrainedConfig):
+    """The unified model: LLM + understanding path + generation path + aligners.
+
+    A transformers ``PretrainedConfig`` (``model_type = "janusflow"``: ``AutoConfig`` reads it once
+    ``janusflow`` is imported) whose content is three typed sections, ``language``, ``und_vision`` and
+    ``gen_vision``, plus the special token ids the folder's tokenizer uses. Sections are given as
+    dataclasses or as the dicts of ``config.json``; unknown keys and wrong types are refused by name.
+    """
+
+    model_type = MODEL_TYPE
+
+    def __init__(
+        self,
+        language: LanguageConfig | dict[str, Any] | None = None,
+        und_vision: UnderstandingVisionConfig | dict[str, Any] | None = None,
+        gen_vision: GenerationVisionConfig | dict[str, Any] | None = None,
+        bos_token_id: int | None = None,
+        eos_token_id: int | None = None,
+        pad_token_id: int | None = None,
+        image_token_id: int | None = None,  # <image_placeholder>: the understanding image slots
+        boi_token_id: int | None = None,  # <begin_of_image>: the slot of beg_of_und_embed
+        **kwargs: Any,
+    ) -> None:
+        for name, value in (("language", language), ("und_vision", und_vision), ("gen_vision", gen_vision)):
+            kind = SECTIONS[name]
+            if value is None:
+                value = kind()
+            elif isinstance(value, dict):
+                value = _from_dict(kind, value, f"config.{name}")
+            elif not isinstance(value, kind):
+                raise ConfigError(f"config.{name}: expected an object, got {type(value).__name__}")
+            setattr(self, name, value)
+        for key, value in zip(TOKEN_ID_KEYS, (bos_token_id, eos_token_id, pad_token_id, image_token_id,
+                                              boi_token_id)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise ConfigError(f"config.{key}: expected a token id (an integer >= 0) or null, got {value!r}")
+            setattr(self, key, value)
+        model_type = kwargs.pop("model_type", MODEL_TYPE)
+        if model_type != MODEL_TYPE:
+            raise ConfigError(f"config: model_type is {model_type!r}, expected {MODEL_TYPE!r} "
+                              "(official checkpoints are read by janusflow.convert)")
+        unknown = sorted(k for k in kwargs if k not in _generic_keys())
+        if unknown:
+            raise ConfigError(f"config: unknown key(s) {unknown}; known sections are {sorted(SECTIONS)}")
+        super().__init__(**kwargs)
 
     @property
     def hidden_size(self) -> int:
@@ -232,31 +290,44 @@ class JanusFlowConfig:
         self.und_vision.validate(f"{where}.und_vision")
         self.gen_vision.validate(f"{where}.gen_vision")
 
+    def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None):
+        """The LLM's ``LlamaConfig`` (what generation and KV caches are sized from), with this folder's
+        special token ids (not the Llama defaults 1 and 2)."""
+        text = self.language.to_llama()
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            setattr(text, key, getattr(self, key))
+        return text
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when they describe the same model: the sections and the token ids."""
+        if not isinstance(other, JanusFlowConfig):
+            return NotImplemented
+        keys = (*SECTIONS, *TOKEN_ID_KEYS)
+        return all(getattr(self, k) == getattr(other, k) for k in keys)
+
+    __hash__ = None  # mutable
+
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"model_type": MODEL_TYPE, **dataclasses.asdict(self)}
+        output = super().to_dict()
+        for name in SECTIONS:
+            output[name] = dataclasses.asdict(getattr(self, name))
+        for key in TOKEN_ID_KEYS:  # unknown ids are left out (None would read as "no such token")
+            if output.get(key) is None:
+                output.pop(key, None)
+        return output
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "JanusFlowConfig":
-        if not isinstance(data, dict):
-            raise ConfigError(f"config: expected a JSON object, got {type(data).__name__}")
-        data = dict(data)
-        model_type = data.pop("model_type", MODEL_TYPE)
-        if model_type != MODEL_TYPE:
-            raise ConfigError(f"config: model_type is {model_type!r}, expected {MODEL_TYPE!r} "
-                              "(official checkpoints are read by janusflow.convert)")
-        sections = {"language": LanguageConfig, "und_vision": UnderstandingVisionConfig,
-                    "gen_vision": GenerationVisionConfig}
-        unknown = sorted(set(data) - set(sections))
-        if unknown:
-            raise ConfigError(f"config: unknown key(s) {unknown}; known sections are {sorted(sections)}")
-        parts = {name: _from_dict(kind, data.get(name, {}), f"config.{name}") for name, kind in sections.items()}
-        return cls(**parts)
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
+        """``config.json`` content -> config (transformers' ``from_dict``, with our checks by name)."""
+        if not isinstance(config_dict, dict):
+            raise ConfigError(f"config: expected a JSON object, got {type(config_dict).__name__}")
+        return super().from_dict(dict(config_dict), **kwargs)
 
     def save(self, path: str | os.PathLike) -> None:
+        """Write ``config.json`` content (what ``save_pretrained`` writes) to the file ``path``."""
         with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2)
-            f.write("\n")
+            f.write(self.to_json_string(use_diff=True))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "JanusFlowConfig":

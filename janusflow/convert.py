@@ -157,6 +157,28 @@ def config_to_official(config: JanusFlowConfig) -> dict[str, Any]:
     }
 
 
+OFFICIAL_MODEL_TYPE = "multi_modality"
+
+
+class JanusFlowOfficialConfig(JanusFlowConfig):
+    """``AutoConfig``'s reader for the release's ``config.json`` (``model_type: multi_modality``).
+
+    It never stays one: ``from_dict`` converts the nested layout with :func:`config_from_official` and
+    returns a plain :class:`~janusflow.config.JanusFlowConfig`, so ``AutoModel`` then picks
+    ``JanusFlowForConditionalGeneration``, whose ``from_pretrained`` converts the weights.
+    """
+
+    model_type = OFFICIAL_MODEL_TYPE
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
+        if not isinstance(config_dict, dict):
+            raise ConfigError(f"official config: expected a JSON object, got {type(config_dict).__name__}")
+        ours = config_from_official(config_dict).to_dict()
+        ours.pop("transformers_version", None)
+        return JanusFlowConfig.from_dict(ours, **kwargs)
+
+
 # ---------------------------------------------------------------------------------------------
 # weights
 

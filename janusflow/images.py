@@ -150,18 +150,20 @@ def _to_uint8(array: np.ndarray, mode: str, name: str) -> np.ndarray:
 
 def preprocess_image(image: ImageInput, image_size: int, min_size: int = DEFAULT_MIN_SIZE) -> torch.Tensor:
     """Image -> float32 tensor (3, S, S) in [-1, 1], as the official `VLMImageProcessor` does it:
-    ``normalize_pixels(resize_and_pad(image, S, min_size))``."""
+    ``normalize_pixels(resize_and_pad(image, S, min_size))``. (`JanusFlowImageProcessor` is the same with
+    its settings read from ``preprocessor_config.json``.)"""
     return normalize_pixels(resize_and_pad(image, image_size, min_size))
 
 
-def resize_and_pad(image: ImageInput, image_size: int, min_size: int = DEFAULT_MIN_SIZE) -> torch.Tensor:
+def resize_and_pad(image: ImageInput, image_size: int, min_size: int = DEFAULT_MIN_SIZE,
+                   background: tuple[int, int, int] = BACKGROUND_COLOR) -> torch.Tensor:
     """Image -> uint8 tensor (3, S, S), the official processor's geometry (steps 1-3 below).
 
     1. `load_image` (RGB, upright, alpha on white).
     2. Resize with PIL bicubic so the long side is S, keeping the aspect ratio. The official rounding:
        side' = max(int(side / long_side * S), min_size)  (truncation, not rounding; min_size = 14 in
        the release, capped at S here so tiny test sizes still give S x S).
-    3. Pad to S x S with (127, 127, 127), the image centred: offset ((S - w') // 2, (S - h') // 2).
+    3. Pad to S x S with `background` ((127, 127, 127)), the image centred: offset ((S - w') // 2, (S - h') // 2).
     """
     rgb = load_image(image)
     width, height = rgb.size
@@ -171,15 +173,17 @@ def resize_and_pad(image: ImageInput, image_size: int, min_size: int = DEFAULT_M
     new_height = max(int(height / long_side * image_size), shortest)
     resized = rgb.resize((new_width, new_height), Image.Resampling.BICUBIC)
 
-    canvas = Image.new("RGB", (image_size, image_size), BACKGROUND_COLOR)
+    canvas = Image.new("RGB", (image_size, image_size), tuple(background))
     canvas.paste(resized, ((image_size - new_width) // 2, (image_size - new_height) // 2))
     return torch.from_numpy(np.array(canvas, dtype=np.uint8)).permute(2, 0, 1)  # (3, S, S)
 
 
-def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
+def normalize_pixels(pixels: torch.Tensor, mean: tuple[float, ...] = IMAGE_MEAN, std: tuple[float, ...] = IMAGE_STD,
+                     rescale_factor: float = 1.0 / 255.0) -> torch.Tensor:
     """uint8 (..., 3, S, S) -> float32 in [-1, 1], on the tensor's device (step 4 of the official
-    processor): x / 255, computed in float64 as HF's `rescale`, then float32, then (x - 0.5) / 0.5."""
-    unit = (pixels.to(torch.float64) * (1.0 / 255.0)).to(torch.float32)
-    mean = torch.tensor(IMAGE_MEAN, dtype=torch.float32, device=pixels.device)[:, None, None]
-    std = torch.tensor(IMAGE_STD, dtype=torch.float32, device=pixels.device)[:, None, None]
-    return (unit - mean) / std
+    processor): x / 255, computed in float64 as HF's `rescale`, then float32, then (x - mean) / std
+    (mean = std = 0.5 in the release)."""
+    unit = (pixels.to(torch.float64) * rescale_factor).to(torch.float32)
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=pixels.device)[:, None, None]
+    std_t = torch.tensor(std, dtype=torch.float32, device=pixels.device)[:, None, None]
+    return (unit - mean_t) / std_t

@@ -10,6 +10,12 @@ of (L - 1) + 1 + N positions under a plain causal mask. The last N hidden states
 ``gen_dec_aligner(gen_dec_aligner_norm(.))`` and the decoder (with the encoder's skip) to a
 velocity. Conventions (``t = 0`` is noise, ``t = 1`` data, ``t * 1000`` into the time embedding)
 live in :mod:`janusflow.flow`; the ODE, guidance and the prompt cache in :mod:`janusflow.sampler`.
+
+The class is a transformers ``PreTrainedModel`` with ``GenerationMixin``: ``forward`` is the
+understanding path (``CausalLMOutputWithPast``), so ``generate(input_ids, pixel_values, ...)`` answers
+about images with every ``GenerationConfig`` option; the images are merged into the embeddings on the
+prefill step only, after which the LLM's KV cache holds them. ``from_pretrained`` reads our folders and
+the official layout (weights converted through :mod:`janusflow.convert`).
 """
 
 from __future__ import annotations
@@ -18,15 +24,18 @@ import functools
 import inspect
 import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
-from transformers import LlamaForCausalLM
+from transformers import GenerationConfig, GenerationMixin, LlamaForCausalLM, PreTrainedModel
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from .config import JanusFlowConfig
-from .errors import InputError
+from .config import TOKEN_ID_KEYS, JanusFlowConfig
+from .errors import CheckpointError, InputError
 from .gen_vision import GenerationDecoder, GenerationEncoder
+from .model_files import assign_state, read_config, read_weights, token_ids_from_tokenizer
 from .und_vision import UnderstandingEncoder
 
 
@@ -42,6 +51,15 @@ def _cache_keyword(llm_class: type) -> str:
     return "cache" if "cache" in inspect.signature(llm_class.forward).parameters else "past_key_values"
 
 
+#: Inputs of the understanding path that only the prefill step reads (the KV cache holds them after).
+IMAGE_INPUTS = ("pixel_values", "images_seq_mask", "images_emb_mask")
+#: ``from_pretrained`` keywords that mean nothing for a local folder (hub and loader options).
+_IGNORED_LOAD_KWARGS = frozenset({
+    "cache_dir", "force_download", "local_files_only", "proxies", "revision", "token", "trust_remote_code",
+    "use_safetensors", "low_cpu_mem_usage", "_from_auto", "_from_pipeline", "code_revision", "resume_download",
+    "output_loading_info", "adapter_kwargs", "key_mapping", "user_agent", "weights_only"})
+
+
 @dataclass
 class GenerationOutput:
     velocity: torch.Tensor  # (B, C, H, W)
@@ -49,11 +67,29 @@ class GenerationOutput:
     cache: object | None = None
 
 
-class JanusFlowModel(nn.Module):
+class JanusFlowPreTrainedModel(PreTrainedModel):
+    config_class = JanusFlowConfig
+    base_model_prefix = ""
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["LlamaDecoderLayer", "SiglipEncoderLayer", "GenerationEncoder", "GenerationDecoder"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Nothing to redo: the LLM and SigLIP initialise themselves, the JanusFlow modules keep
+        PyTorch's defaults (as in training from the parts) and ``boi_embedding`` is drawn in ``__init__``."""
+
+
+class JanusFlowForConditionalGeneration(JanusFlowPreTrainedModel, GenerationMixin):
+    """JanusFlow: one LLM that answers about images (``forward`` / ``generate``) and is the velocity
+    field of rectified-flow image generation (``forward_generation``, driven by :mod:`janusflow.sampler`)."""
+
     def __init__(self, config: JanusFlowConfig):
-        super().__init__()
         config.validate()
-        self.config = config
+        super().__init__(config)
         D = config.hidden_size
         und, gen = config.und_vision, config.gen_vision
         # understanding
@@ -68,6 +104,7 @@ class JanusFlowModel(nn.Module):
         self.gen_dec_aligner = nn.Linear(D, gen.decoder_in_channels)
         # the LLM
         self.language_model = LlamaForCausalLM(config.language.to_llama())
+        self.post_init()
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -91,35 +128,105 @@ class JanusFlowModel(nn.Module):
         """(B, 3, S, S) in [-1, 1] -> aligned image tokens (B, P, D)."""
         return self.und_aligner(self.und_encoder(pixel_values))
 
+    def image_slots(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) bool, True at the boi and image-placeholder ids the config names (``images_seq_mask``)."""
+        image_id, boi_id = self.config.image_token_id, self.config.boi_token_id
+        if image_id is None or boi_id is None:
+            raise InputError("pass images_seq_mask (the processor returns it): this model's config names no "
+                             "image_token_id / boi_token_id to find the image slots with")
+        return (input_ids == image_id) | (input_ids == boi_id)
+
     def prepare_inputs_embeds(
         self,
         input_ids: torch.Tensor,  # (B, T)
-        pixel_values: torch.Tensor | None = None,  # (B, n, 3, S, S)
-        images_seq_mask: torch.Tensor | None = None,  # (B, T) True at boi and image slots
+        pixel_values: torch.Tensor | None = None,  # (B, n, 3, S, S), or (M, 3, S, S): the images in slot order
+        images_seq_mask: torch.Tensor | None = None,  # (B, T) True at boi and image slots; None: from the ids
         images_emb_mask: torch.Tensor | None = None,  # (B, n, 1 + P) which image embeddings are used
     ) -> torch.Tensor:
         """Token embeddings with every image's ``[boi, P tokens]`` written into its slots, in order."""
         embeds = self.embed_tokens(input_ids.clamp(min=0))  # (B, T, D)
-        if pixel_values is None or images_seq_mask is None or not bool(images_seq_mask.any()):
+        if pixel_values is None:
             return embeds
+        if images_seq_mask is None:
+            images_seq_mask = self.image_slots(input_ids)
+        if images_seq_mask.shape[1] < input_ids.shape[1]:  # generated columns (full recompute) hold no image
+            images_seq_mask = nn.functional.pad(images_seq_mask, (0, input_ids.shape[1] - images_seq_mask.shape[1]))
+        if not bool(images_seq_mask.any()):
+            return embeds
+        if pixel_values.ndim == 4:  # a flat list of images, filling the slots row by row
+            pixel_values = pixel_values[None]
         B, n = pixel_values.shape[:2]
         images = self.encode_images(pixel_values.flatten(0, 1).to(embeds.dtype))  # (B*n, P, D)
         boi = self.boi_embedding.to(images.dtype).expand(images.shape[0], 1, -1)
         images = torch.cat([boi, images], dim=1).reshape(B, -1, images.shape[-1])  # (B, n*(1+P), D)
         if images_emb_mask is None:
             images_emb_mask = torch.ones(images.shape[:2], dtype=torch.bool, device=images.device)
-        images_emb_mask = images_emb_mask.reshape(B, -1)
+        images_emb_mask = images_emb_mask.reshape(B, -1).to(images.device)
         chosen = images[images_emb_mask]  # (M, D)
         slots = int(images_seq_mask.sum())
         if chosen.shape[0] != slots:
             raise InputError(f"{slots} image slots in the token sequence but {chosen.shape[0]} image embeddings")
-        return embeds.masked_scatter(images_seq_mask[..., None], chosen.to(embeds.dtype))
+        return embeds.masked_scatter(images_seq_mask.to(embeds.device)[..., None], chosen.to(embeds))
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,  # (B, T)
+        pixel_values: torch.Tensor | None = None,  # (B, n, 3, S, S) in [-1, 1]
+        images_seq_mask: torch.Tensor | None = None,  # (B, T)
+        images_emb_mask: torch.Tensor | None = None,  # (B, n, 1 + P)
+        attention_mask: torch.Tensor | None = None,  # (B, T + cached) 1 = attend, 0 = left padding
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Any,
+    ):
+        """Understanding: next-token logits (``CausalLMOutputWithPast``) of a multimodal sequence. Extra
+        keywords (the KV cache, under the name this transformers gives it, ...) go to the LLM."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise InputError("pass exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.prepare_inputs_embeds(input_ids, pixel_values, images_seq_mask, images_emb_mask)
+        return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                   position_ids=position_ids, labels=labels, use_cache=use_cache,
+                                   logits_to_keep=logits_to_keep, **kwargs)
 
     def forward_understanding(self, input_ids, attention_mask=None, pixel_values=None, images_seq_mask=None,
                               images_emb_mask=None, **llm_kwargs):
         """Next-token logits for a (multimodal) sequence; extra kwargs go to the LLM (cache, ...)."""
         embeds = self.prepare_inputs_embeds(input_ids, pixel_values, images_seq_mask, images_emb_mask)
         return self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, **llm_kwargs)
+
+    def prepare_inputs_for_generation(self, input_ids, *args, pixel_values=None, images_seq_mask=None,
+                                      images_emb_mask=None, is_first_iteration=False, **kwargs):
+        """transformers' preparation, plus the images on the prefill step only (with a KV cache the
+        later steps read them from the cache; without one every step recomputes the whole sequence)."""
+        inputs = super().prepare_inputs_for_generation(input_ids, *args, is_first_iteration=is_first_iteration,
+                                                       **kwargs)
+        if is_first_iteration or not kwargs.get("use_cache", True):
+            inputs.update(pixel_values=pixel_values, images_seq_mask=images_seq_mask,
+                          images_emb_mask=images_emb_mask)
+        return inputs
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
+                                mean_resizing: bool = True) -> nn.Embedding:
+        """Resize the LLM's embeddings and LM head (e.g. after adding tokens); the config follows."""
+        embeddings = self.language_model.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        self.config.language.vocab_size = embeddings.num_embeddings
+        return embeddings
 
     # -- generation ----------------------------------------------------------------------------
     def embed_prompt(self, prompt_ids: torch.Tensor) -> torch.Tensor:
@@ -167,23 +274,124 @@ class JanusFlowModel(nn.Module):
         return GenerationOutput(velocity, out.hidden_states if output_hidden_states else None, cache)
 
     # -- persistence ---------------------------------------------------------------------------
-    def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
-        from .checkpoint import save_model
-
-        save_model(self, path, dtype=dtype)
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, dtype: torch.dtype | None = None,
+                        **kwargs) -> None:
+        """transformers' ``save_pretrained`` (``config.json``, ``generation_config.json``, safetensors,
+        sharded by ``max_shard_size``); ``dtype`` casts the saved weights (the model is not changed)."""
+        if dtype is None:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        state = kwargs.pop("state_dict", None) or self.state_dict()
+        kwargs["state_dict"] = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        saved_dtype, self.config.dtype = self.config.dtype, dtype
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            self.config.dtype = saved_dtype
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype | None = None,
-                        device: str | torch.device = "cpu") -> "JanusFlowModel":
-        """Load our layout or the official one (``config.json`` with ``language_config``)."""
-        from .checkpoint import load_model
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args,
+                        config: JanusFlowConfig | None = None, dtype: torch.dtype | str | None = None,
+                        device_map: Any = None, device: str | torch.device | None = None, **kwargs):
+        """Load a local folder of either layout: ours (``config.json`` with ``model_type: janusflow``) or
+        the official one (``language_config`` ..., weights converted through :mod:`janusflow.convert`).
 
-        return load_model(path, dtype=dtype, device=device)
+        ``dtype`` (or ``torch_dtype``): a torch dtype, its name, or ``"auto"`` (the config's, else the
+        stored weights'); default fp32 on CPU, bf16 on CUDA. ``device_map``: a device (``"cpu"``,
+        ``"cuda:0"``, an index), ``{"": device}``, ``"auto"`` (CUDA when present), or a map of module
+        names to devices, placed by ``accelerate.dispatch_model``. ``device`` is the older spelling of
+        a single-device map. Token ids the config lacks are read from the folder's ``tokenizer.json``;
+        ``generation_config.json`` is read when present.
+        """
+        if model_args:
+            raise TypeError(f"{cls.__name__}.from_pretrained takes no positional model arguments")
+        torch_dtype = kwargs.pop("torch_dtype", None)
+        dtype = dtype if dtype is not None else torch_dtype
+        attn_implementation = kwargs.pop("attn_implementation", None)
+        subfolder = kwargs.pop("subfolder", "") or ""
+        unknown = sorted(set(kwargs) - _IGNORED_LOAD_KWARGS)
+        if unknown:
+            raise TypeError(f"{cls.__name__}.from_pretrained: unsupported argument(s) {unknown}")
+        folder = Path(os.fspath(pretrained_model_name_or_path)) / subfolder
+        if not folder.is_dir():
+            raise CheckpointError(f"model folder not found: {folder} (models are read from local folders)")
+        read, official = read_config(folder)
+        config = read if config is None else config
+        missing_ids = [k for k in TOKEN_ID_KEYS if getattr(config, k) is None]
+        for key, value in token_ids_from_tokenizer(folder).items():
+            if key in missing_ids:
+                setattr(config, key, value)
+        config.name_or_path = str(folder)
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        placement = _placement(device_map if device_map is not None else device)
+        load_device = placement if isinstance(placement, torch.device) else torch.device("cpu")
+        model = build_meta(config, cls)
+        state = read_weights(folder, config, official, {k: tuple(v.shape) for k, v in model.state_dict().items()})
+        model = assign_state(model, state, _resolve_dtype(dtype, config, state, load_device), load_device,
+                             what=str(folder))
+        if not isinstance(placement, torch.device):
+            from accelerate import dispatch_model
+
+            model = dispatch_model(model, device_map=placement)
+        if attn_implementation is not None:
+            for part in (model.language_model, model.und_encoder.siglip):
+                part.set_attn_implementation(attn_implementation)
+        if (folder / "generation_config.json").is_file():
+            model.generation_config = GenerationConfig.from_pretrained(folder)
+        return model.eval()
+
+
+JanusFlowModel = JanusFlowForConditionalGeneration  # the name the pipeline, training and tests use
+
+
+def build_meta(config: JanusFlowConfig, model_class: type | None = None):
+    """The model on the meta device: no memory, weights to be assigned (``model_files.assign_state``)."""
+    with torch.device("meta"):
+        return (model_class or JanusFlowForConditionalGeneration)(config)
+
+
+def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"):
+    """Load a model folder of either layout; fp32 on CPU and bf16 on CUDA unless ``dtype`` is given."""
+    return JanusFlowForConditionalGeneration.from_pretrained(path, dtype=dtype, device=device)
 
 
 def default_dtype(device: str | torch.device) -> torch.dtype:
     """fp32 on CPU (bf16 matmuls are far slower there), bf16 on CUDA."""
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def _placement(device_map: Any) -> torch.device | dict[str, Any]:
+    """One device, or a module -> device map with more than one device (for accelerate)."""
+    if device_map is None:
+        return torch.device("cpu")
+    if device_map == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device_map, dict):
+        devices = set(device_map.values())
+        if not device_map or not all(isinstance(k, str) for k in device_map):
+            raise InputError(f"device_map must map module names to devices, got {device_map!r}")
+        if len(devices) == 1:
+            return _placement(devices.pop())
+        return dict(device_map)
+    try:
+        return torch.device(device_map)
+    except (RuntimeError, TypeError) as e:
+        raise InputError(f"device_map {device_map!r} is neither a device, 'auto' nor a module -> device map "
+                         f"({e})") from None
+
+
+def _resolve_dtype(dtype: Any, config: JanusFlowConfig, state: dict[str, torch.Tensor],
+                   device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return default_dtype(device)
+    if dtype == "auto":
+        if isinstance(config.dtype, torch.dtype):
+            return config.dtype
+        return next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
+    if isinstance(dtype, str):
+        resolved = getattr(torch, dtype, None)
+        if not isinstance(resolved, torch.dtype):
+            raise InputError(f"unknown dtype {dtype!r}; use e.g. 'float32', 'bfloat16', 'float16' or 'auto'")
+        dtype = resolved
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise InputError(f"dtype must be a floating-point torch dtype, got {dtype!r}")
+    return dtype

@@ -13,6 +13,11 @@ What goes into the LLM, as the official `VLChatProcessor` (deepseek-ai/Janus, ja
   unconditional rows.
 
 Batches are LEFT padded with the pad id and attention mask 0, so every prompt ends in the last column.
+
+`JanusFlowProcessor` is a transformers `ProcessorMixin` (tokenizer + `JanusFlowImageProcessor` + the Jinja
+`chat_template` of :mod:`janusflow.chat_template`): `processor(text=..., images=..., return_tensors="pt")`
+and `processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)`
+give what `model.generate` reads; `AutoProcessor` loads it from every folder the project writes.
 """
 
 from __future__ import annotations
@@ -28,9 +33,11 @@ from typing import Any
 import torch
 from PIL import Image
 from tokenizers import AddedToken
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, BatchFeature, PreTrainedTokenizerBase, ProcessorMixin
 
+from .chat_template import CHAT_TEMPLATE, DEFAULT_SYSTEM_PROMPT, normalize_messages
 from .errors import InputError
+from .image_processing import JanusFlowImageProcessor, flat_images
 from .images import DEFAULT_MIN_SIZE, ImageInput, load_image, preprocess_image  # noqa: F401  (re-exported)
 from .prompt_rows import left_pad, make_uncond, position_ids_from_left_padding  # noqa: F401  (re-exported)
 from .tokenizer_build import BOI_TOKEN, BOS_TOKEN, EOI_TOKEN, EOS_TOKEN, GEN_TOKEN, IMAGE_TOKEN, PAD_TOKEN
@@ -38,13 +45,13 @@ from .tokenizer_build import BOI_TOKEN, BOS_TOKEN, EOI_TOKEN, EOS_TOKEN, GEN_TOK
 Message = dict[str, Any]  # {"role": "User" | "Assistant", "content": str, "images": [ImageInput, ...]}
 
 PROCESSOR_CONFIG_NAME = "processor_config.json"
-OFFICIAL_IMAGE_CONFIG_NAME = "preprocessor_config.json"  # the release keeps image_size here
-
-DEFAULT_SYSTEM_PROMPT = (
-    "You are a helpful language and vision assistant. "
-    "You are able to understand the visual content that the user provides, "
-    "and assist the user with a variety of tasks using natural language."
-)
+IMAGE_CONFIG_NAME = "preprocessor_config.json"  # the image processor's settings (ours and the release's)
+OFFICIAL_IMAGE_CONFIG_NAME = IMAGE_CONFIG_NAME
+CHAT_TEMPLATE_NAME = "chat_template.jinja"
+#: `from_pretrained` keywords that mean nothing for a local folder (hub options, AutoProcessor's bookkeeping).
+_IGNORED_LOAD_KWARGS = frozenset({"cache_dir", "force_download", "local_files_only", "proxies", "revision", "token",
+                                  "trust_remote_code", "_from_auto", "_from_pipeline", "code_revision", "use_fast",
+                                  "resume_download", "user_agent", "repo_type", "config", "subfolder"})
 
 # The "deepseek" conversation template of the official code.
 ROLES = ("User", "Assistant")
@@ -123,14 +130,15 @@ def _image_list(images: Any, where: str) -> list[ImageInput]:
 # Processor
 
 
-class JanusFlowProcessor:
-    """Tokenizer + "deepseek" chat template + image preprocessing for JanusFlow.
+class JanusFlowProcessor(ProcessorMixin):
+    """Tokenizer + "deepseek" chat template + image preprocessing for JanusFlow (a transformers processor).
 
     Args:
         tokenizer: any Hugging Face tokenizer. Missing special tokens (`<image_placeholder>`,
             `<begin_of_image>`, `<end_of_image>`, `<｜begin▁of▁generation｜>`, and BOS if the tokenizer has none)
             are added as the official processor does, with a warning: resize the model's embeddings then.
-        image_size: side S of the understanding encoder's input (384 in the release).
+            A tokenizer without a chat template gets this processor's.
+        image_size: side S of the understanding encoder's input (384 in the release); sets the image processor's.
         num_image_tokens: N, understanding-encoder tokens per image (576 in the release).
         system_prompt: understanding system prompt (generation always uses none).
         sft_format: chat template; only "deepseek" exists.
@@ -139,38 +147,57 @@ class JanusFlowProcessor:
             generated image tokens); None = unlimited. A plain attribute, settable.
         num_gen_image_tokens: image tokens the generation path appends after a prompt, used only by the
             `max_length` check; None = same as `num_image_tokens` (576 both in the release).
-        min_size: the official resize's minimum short side.
+        min_size: the official resize's minimum short side; sets the image processor's.
+        image_processor: a `JanusFlowImageProcessor` (default: the release's settings at `image_size`).
+        chat_template: the Jinja template (default: :data:`janusflow.chat_template.CHAT_TEMPLATE`).
     """
 
     def __init__(
         self,
-        tokenizer: PreTrainedTokenizerBase,
-        image_size: int,
-        num_image_tokens: int,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        image_size: int | None = None,
+        num_image_tokens: int | None = None,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         sft_format: str = "deepseek",
         max_length: int | None = None,
         num_gen_image_tokens: int | None = None,
-        min_size: int = DEFAULT_MIN_SIZE,
+        min_size: int | None = None,
+        image_processor: JanusFlowImageProcessor | None = None,
+        chat_template: str | None = None,
     ) -> None:
+        if tokenizer is None:
+            raise ValueError("a tokenizer is required")
         if sft_format != "deepseek":
             raise ValueError(f"unknown sft_format {sft_format!r}; only 'deepseek' is implemented")
-        for name, value in (("image_size", image_size), ("num_image_tokens", num_image_tokens),
-                            ("min_size", min_size)):
+        if image_processor is None:
+            if image_size is None:
+                raise ValueError("image_size (or an image_processor) is required")
+            image_processor = JanusFlowImageProcessor(image_size=image_size,
+                                                      min_size=DEFAULT_MIN_SIZE if min_size is None else min_size)
+        elif not isinstance(image_processor, JanusFlowImageProcessor):
+            raise ValueError(f"image_processor must be a JanusFlowImageProcessor, got {type(image_processor).__name__}")
+        for name, value in (("image_size", image_size), ("num_image_tokens", num_image_tokens), ("min_size", min_size)):
+            if value is None and name != "num_image_tokens":
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(system_prompt, str):
             raise ValueError(f"system_prompt must be a string, got {type(system_prompt).__name__}")
-        self.tokenizer = tokenizer
-        self.image_size = image_size
+        super().__init__(tokenizer=tokenizer, image_processor=image_processor,
+                         chat_template=CHAT_TEMPLATE if chat_template is None else chat_template)
+        if image_size is not None:
+            image_processor.image_size = image_size
+        if min_size is not None:
+            image_processor.min_size = min_size
         self.num_image_tokens = num_image_tokens
         self.num_gen_image_tokens = num_image_tokens if num_gen_image_tokens is None else num_gen_image_tokens
         self.system_prompt = system_prompt
         self.sft_format = sft_format
-        self.min_size = min_size
         if max_length is not None and (not isinstance(max_length, int) or max_length <= 0):
             raise ValueError(f"max_length must be a positive integer or None, got {max_length!r}")
         self.max_length = max_length
+        if getattr(tokenizer, "chat_template", None) is None:
+            tokenizer.chat_template = self.chat_template
 
         if tokenizer.bos_token is None:
             tokenizer.add_special_tokens({"bos_token": BOS_TOKEN})
@@ -191,6 +218,26 @@ class JanusFlowProcessor:
         self._reserved = tuple(dict.fromkeys(
             t for t in (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, BOI_TOKEN, EOI_TOKEN, GEN_TOKEN, tokenizer.bos_token,
                         tokenizer.eos_token) if t))
+
+    @property
+    def image_size(self) -> int:
+        return self.image_processor.image_size
+
+    @image_size.setter
+    def image_size(self, value: int) -> None:
+        self.image_processor.image_size = value
+
+    @property
+    def min_size(self) -> int:
+        return self.image_processor.min_size
+
+    @min_size.setter
+    def min_size(self, value: int) -> None:
+        self.image_processor.min_size = value
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "pixel_values", "images_seq_mask", "images_emb_mask"]
 
     def _special_token_id(self, token: str) -> int:
         """Id of `token`, registering it as a never-split special token when the tokenizer lacks it."""
@@ -312,7 +359,15 @@ class JanusFlowProcessor:
             raise InputError("images were given both as an argument and inside the messages; use one")
         image_list = _image_list(images, "images") if images is not None else in_messages
 
-        ids = self.encode_text(sft_format)
+        return self.encode_prompt(sft_format, image_list)
+
+    def encode_prompt(self, text: str, images: Sequence[ImageInput] = (), add_bos: bool = True) -> UnderstandingSample:
+        """A rendered prompt (the chat template's text, one `<image_placeholder>` per image) -> ids with BOS
+        first and each placeholder expanded to boi, N x image, eoi; and the images' pixels (n, 3, S, S)."""
+        if self.tokenizer.bos_token and text.startswith(self.tokenizer.bos_token):
+            text = text[len(self.tokenizer.bos_token):]  # BOS is added here, once
+        ids = self.encode_text(text) if add_bos else self.encode_text(text)[1:]
+        image_list = list(images)
         num_placeholders = ids.count(self.image_id)
         if num_placeholders != len(image_list):
             raise InputError(f"the conversation has {num_placeholders} {IMAGE_TOKEN} but {len(image_list)} "
@@ -324,13 +379,8 @@ class JanusFlowProcessor:
         if self.max_length is not None and len(expanded) > self.max_length:
             raise InputError(f"the conversation is {len(expanded)} tokens ({len(image_list)} image(s) of "
                              f"{self.num_image_tokens + 2} tokens included), over max_length = {self.max_length}")
-
-        if image_list:
-            pixel_values = torch.stack([preprocess_image(image, self.image_size, self.min_size)
-                                        for image in image_list])  # (n, 3, S, S)
-        else:
-            pixel_values = torch.zeros((0, 3, self.image_size, self.image_size))
-        return UnderstandingSample(sft_format, torch.tensor(expanded, dtype=torch.int64), pixel_values)
+        pixel_values = self.image_processor.preprocess(image_list)["pixel_values"]  # (n, 3, S, S)
+        return UnderstandingSample(text, torch.tensor(expanded, dtype=torch.int64), pixel_values)
 
     def batchify(self, samples: Sequence[UnderstandingSample]) -> UnderstandingBatch:
         """Left-pad samples into one batch, as the official `VLChatProcessor.batchify`."""
@@ -417,6 +467,99 @@ class JanusFlowProcessor:
             prompt_lengths = torch.cat([prompt_lengths, prompt_lengths])
         return GenerationBatch(input_ids, attention_mask, prompt_lengths, num_cond_rows, texts)
 
+    # -- transformers' processor API -------------------------------------------------------------------
+
+    def __call__(self, images: Any = None, text: str | Sequence[str] | None = None, videos: Any = None,
+                 audio: Any = None, return_tensors: str | None = "pt", add_special_tokens: bool = True,
+                 padding: bool | str = True, **kwargs: Any) -> BatchFeature:
+        """Rendered prompts (``text``, e.g. from ``apply_chat_template``) and their images -> the inputs of
+        ``model.generate``: ``input_ids`` and ``attention_mask`` (left padded), and when there are images
+        ``pixel_values`` (B, n, 3, S, S), ``images_seq_mask`` (B, T) and ``images_emb_mask`` (B, n, 1 + N).
+
+        ``images``: one image, a list (in placeholder order, across the texts), or a list per text. Without
+        ``text``, the image processor's output. Batches are always padded (on the left)."""
+        if videos is not None or audio is not None:
+            raise InputError("JanusFlow reads images and text only")
+        unknown = sorted(set(kwargs) - {"truncation", "max_length", "return_attention_mask", "images_kwargs",
+                                        "text_kwargs", "padding_side"})
+        if unknown:
+            raise TypeError(f"unsupported processor argument(s) {unknown}")
+        if padding is False:
+            raise InputError("JanusFlow batches are always left padded; padding=False is not supported")
+        if text is None:
+            if images is None:
+                raise InputError("pass text, images or both")
+            return self.image_processor(images, return_tensors=return_tensors)
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise InputError("text must be a string or a non-empty list of strings")
+        samples = [self.encode_prompt(t, row, add_special_tokens)
+                   for t, row in zip(texts, self._images_per_text(images, texts))]
+        batch = self.batchify(samples)
+        data: dict[str, Any] = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        if any(len(sample.pixel_values) for sample in samples):
+            data.update(pixel_values=batch.pixel_values, images_seq_mask=batch.images_seq_mask,
+                        images_emb_mask=batch.images_emb_mask)
+        if return_tensors not in (None, "pt", "np"):
+            raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}")
+        return BatchFeature(data, tensor_type="np" if return_tensors == "np" else "pt")
+
+    def _images_per_text(self, images: Any, texts: list[str]) -> list[list[ImageInput]]:
+        counts = [t.count(IMAGE_TOKEN) for t in texts]
+        if images is None:
+            return [[] for _ in texts]
+        if isinstance(images, (list, tuple)) and len(images) == len(texts) and len(texts) > 1 \
+                and all(isinstance(row, (list, tuple)) for row in images):
+            return [list(row) for row in images]
+        flat = flat_images(images)
+        if len(flat) != sum(counts):
+            raise InputError(f"the text has {sum(counts)} {IMAGE_TOKEN} but {len(flat)} image(s) were given; "
+                             "they must match")
+        rows, start = [], 0
+        for count in counts:
+            rows.append(flat[start:start + count])
+            start += count
+        return rows
+
+    def apply_chat_template(self, conversation: Sequence[Any], chat_template: str | None = None,
+                            add_generation_prompt: bool = False, tokenize: bool = False, return_dict: bool = False,
+                            return_tensors: str | None = "pt", continue_final_message: bool = False,
+                            processor_kwargs: dict[str, Any] | None = None, images: Any = None,
+                            **template_kwargs: Any):
+        """Render one conversation (or a list of them) with the Jinja chat template; with ``tokenize`` also
+        encode it with its images (from ``{"type": "image", "image" | "url" | "path": ...}`` parts, today's
+        ``"images"`` lists, or ``images=``) into the inputs of ``model.generate``.
+
+        Messages are today's (``{"role": "User", "content": "<image_placeholder>\\n...", "images": [...]}``)
+        or transformers' (``{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": ...}]}``);
+        a leading ``system`` message replaces the default system prompt. Returns the text (a list for a
+        batch); with ``tokenize``, ``input_ids``, or the whole ``BatchFeature`` with ``return_dict``.
+        """
+        batched = isinstance(conversation, (list, tuple)) and bool(conversation) \
+            and isinstance(conversation[0], (list, tuple))
+        conversations = list(conversation) if batched else [conversation]
+        template = chat_template if chat_template is not None else self.chat_template
+        prompts, found_images = [], []
+        for conv in conversations:
+            system, messages, found = normalize_messages(conv)
+            ends_with_user = bool(messages) and messages[-1]["role"] == "User"
+            self._check_conversation(messages + ([{"role": "Assistant", "content": ""}]
+                                                 if add_generation_prompt and ends_with_user else []))
+            prompts.append(self.tokenizer.apply_chat_template(
+                list(conv), chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
+                **{"default_system_prompt": self.system_prompt, **template_kwargs}))
+            found_images.append(found)
+        if not tokenize:
+            return prompts if batched else prompts[0]
+        if images is not None:
+            if any(found_images):
+                raise InputError("images were given both as an argument and inside the messages; use one")
+            found_images = [images] if not batched else images
+        out = self(text=prompts, images=found_images if any(found_images) else None, return_tensors=return_tensors,
+                   **(processor_kwargs or {}))
+        return out if return_dict else out["input_ids"]
+
     # -- save / load --------------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
@@ -431,38 +574,62 @@ class JanusFlowProcessor:
             "max_length": self.max_length,
         }
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Write the tokenizer files and `processor_config.json` into `save_directory`."""
-        os.makedirs(save_directory, exist_ok=True)
-        self.tokenizer.save_pretrained(os.fspath(save_directory))
-        with open(Path(save_directory) / PROCESSOR_CONFIG_NAME, "w", encoding="utf-8") as f:
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> list[str]:
+        """Write the tokenizer files, ``preprocessor_config.json`` (the image processor),
+        ``processor_config.json`` (these settings, ``processor_class``: what ``AutoProcessor`` reads) and
+        ``chat_template.jinja`` into ``save_directory``."""
+        if push_to_hub:
+            raise NotImplementedError("push_to_hub is not supported; save to a folder and upload it")
+        folder = Path(os.fspath(save_directory))
+        folder.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(os.fspath(folder))
+        self.image_processor.save_pretrained(os.fspath(folder))
+        with open(folder / PROCESSOR_CONFIG_NAME, "w", encoding="utf-8") as f:
             json.dump(self.to_dict(), f, indent=2, ensure_ascii=False)
             f.write("\n")
+        (folder / CHAT_TEMPLATE_NAME).write_text(self.chat_template, encoding="utf-8")
+        return [str(folder / PROCESSOR_CONFIG_NAME)]
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, **overrides: Any) -> "JanusFlowProcessor":
-        """Load from a local folder: the tokenizer with `AutoTokenizer` (local files only, no remote code),
-        settings from `processor_config.json` (ours or the release's), falling back to the release's
-        `preprocessor_config.json` for image_size / min_size. Keyword arguments override the files."""
-        path = Path(directory)
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **overrides: Any) -> "JanusFlowProcessor":
+        """Load from a local folder: the tokenizer with `AutoTokenizer` (local files only, no remote code), the
+        image settings from `preprocessor_config.json` (ours or the release's), the other settings from
+        `processor_config.json` (ours, older ones with `image_size` in it, or the release's), the template from
+        `chat_template.jinja` when present. Keyword arguments override the files."""
+        path = Path(os.fspath(pretrained_model_name_or_path)) / (overrides.pop("subfolder", "") or "")
+        for key in _IGNORED_LOAD_KWARGS & set(overrides):
+            overrides.pop(key)
         if not path.is_dir():
-            raise FileNotFoundError(f"no processor folder at {directory} (only local folders are loaded)")
+            raise FileNotFoundError(f"no processor folder at {pretrained_model_name_or_path} (only local folders are "
+                                    f"loaded)")
+        image_keys = ("image_size", "min_size", "background_color", "image_mean", "image_std", "rescale_factor",
+                      "do_normalize")
+        image_settings: dict[str, Any] = {}
         settings: dict[str, Any] = {}
-        official_image = path / OFFICIAL_IMAGE_CONFIG_NAME
-        if official_image.is_file():
-            image_config = json.loads(official_image.read_text(encoding="utf-8"))
-            settings.update({k: image_config[k] for k in ("image_size", "min_size") if k in image_config})
-        config_file = path / PROCESSOR_CONFIG_NAME
-        if config_file.is_file():
-            settings.update(json.loads(config_file.read_text(encoding="utf-8")))
-        settings.update(overrides)
-        known = ("image_size", "num_image_tokens", "system_prompt", "sft_format", "max_length",
-                 "num_gen_image_tokens", "min_size")
+        if (path / IMAGE_CONFIG_NAME).is_file():
+            image_settings.update(_read_json(path / IMAGE_CONFIG_NAME))
+        if (path / PROCESSOR_CONFIG_NAME).is_file():
+            settings.update(_read_json(path / PROCESSOR_CONFIG_NAME))
+            if isinstance(settings.get("image_processor"), dict):  # transformers' one-file layout
+                image_settings.update(settings["image_processor"])
+        image_settings.update({k: settings[k] for k in ("image_size", "min_size") if k in settings})
+        unknown = sorted(set(overrides) - set(image_keys) - {"num_image_tokens", "system_prompt", "sft_format",
+                                                               "max_length", "num_gen_image_tokens", "chat_template"})
+        if unknown:
+            raise TypeError(f"JanusFlowProcessor.from_pretrained: unsupported argument(s) {unknown}")
+        image_settings.update({k: v for k, v in overrides.items() if k in image_keys})
+        settings.update({k: v for k, v in overrides.items() if k not in image_keys})
+        known = ("num_image_tokens", "system_prompt", "sft_format", "max_length", "num_gen_image_tokens")
         kwargs = {k: settings[k] for k in known if k in settings}
-        missing = [k for k in ("image_size", "num_image_tokens") if k not in kwargs]
+        missing = [k for k, present in (("image_size", "image_size" in image_settings),
+                                        ("num_image_tokens", "num_image_tokens" in kwargs)) if not present]
         if missing:
-            raise ValueError(f"{directory}: no {' or '.join(missing)} in {PROCESSOR_CONFIG_NAME}; pass them as "
-                             f"keyword arguments")
+            raise ValueError(f"{pretrained_model_name_or_path}: no {' or '.join(missing)} in {PROCESSOR_CONFIG_NAME}; "
+                             f"pass them as keyword arguments")
+        image_processor = JanusFlowImageProcessor(**{k: image_settings[k] for k in image_keys if k in image_settings})
+        chat_template = settings.get("chat_template")
+        if chat_template is None and (path / CHAT_TEMPLATE_NAME).is_file():
+            chat_template = (path / CHAT_TEMPLATE_NAME).read_text(encoding="utf-8")
         from transformers.utils import logging as hf_logging
 
         # AutoTokenizer also reads config.json, whose model_type ("janusflow") transformers does not know:
@@ -473,4 +640,14 @@ class JanusFlowProcessor:
             tokenizer = AutoTokenizer.from_pretrained(os.fspath(path), local_files_only=True, trust_remote_code=False)
         finally:
             hf_logging.set_verbosity(verbosity)
-        return cls(tokenizer, **kwargs)
+        return cls(tokenizer, image_processor=image_processor, chat_template=chat_template, **kwargs)
+
+
+def _read_json(file: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{file}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{file}: expected a JSON object")
+    return data
