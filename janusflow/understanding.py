@@ -1,17 +1,17 @@
-"""Image understanding: autoregressive decoding over one or more images and several turns.
+"""Image understanding: answers about one or more images over several turns, decoded by ``generate()``.
 
-The prompt (system prompt, "deepseek" template, each image expanded to boi + N image slots + eoi,
-see :mod:`janusflow.processor`) is embedded once with the images written into their slots; then
+The prompt (system prompt, "deepseek" template, each image expanded to boi + N image slots + eoi, see
+:mod:`janusflow.processor`) goes to ``model.generate`` (transformers' ``GenerationMixin``): the images are
+written into their slots on the prefill step, the LLM's KV cache carries them after, and
 
-    logits_k = LLM(prompt, y_1 .. y_{k-1})[-1],   y_k = argmax(logits_k)            (temperature 0)
-                                                  y_k ~ top_p(softmax(logits_k / T)) (temperature T > 0)
+    y_k = argmax(logits_k)                          (temperature 0: greedy, or beams with num_beams > 1)
+    y_k ~ top_p(top_k(softmax(logits_k / T)))       (temperature T > 0)
 
-until the end-of-sentence token, ``max_new_tokens``, or the model's context. The fast path keeps
-the LLM's keys and values in a ``DynamicCache`` (prefill once, then one token a step); the
-reference path (``use_cache=False``) recomputes the whole sequence every step. Batches are left
-padded; positions count from each row's BOS, so a row decodes as it would alone. ``streamer`` is
-any transformers streamer (``TextStreamer``, ``TextIteratorStreamer``): it gets the prompt ids,
-then each new token, then ``end()``, as with ``generate`` (batch size 1).
+until the end-of-sentence token, ``max_new_tokens``, or the model's context. ``use_cache=False`` is the
+reference path (the whole sequence recomputed every step). Batches are left padded; positions count
+from each row's BOS, so a row decodes as it would alone. ``streamer`` is any transformers streamer
+(``TextStreamer``, ``TextIteratorStreamer``), batch size 1. :class:`JanusFlowChat` is a thin convenience
+over ``generate`` for messages, batches and multi-turn chats.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from .errors import InputError
-from .modeling import cache_kwargs
-from .processor import IMAGE_TOKEN, ImageInput, Message, UnderstandingBatch, position_ids_from_left_padding
+from .processor import IMAGE_TOKEN, ImageInput, Message, UnderstandingBatch
 
 
 @dataclass
@@ -38,6 +38,9 @@ class DecodingConfig:
     temperature: float = 0.0  # 0: greedy (argmax); > 0: sample from softmax(logits / temperature)
     top_p: float = 1.0  # nucleus sampling: the smallest set of tokens with probability >= top_p
     use_cache: bool = True  # False: the full-recompute reference path
+    top_k: int = 0  # sampling among the k most likely tokens; 0: all
+    repetition_penalty: float = 1.0  # > 1 lowers the logits of tokens already in the sequence
+    num_beams: int = 1  # > 1: beam search (greedy only)
 
     def validate(self) -> None:
         n = self.max_new_tokens
@@ -48,6 +51,26 @@ class DecodingConfig:
             raise InputError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
         if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
             raise InputError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise InputError(f"top_k must be an integer >= 0, got {self.top_k!r}")
+        if not (isinstance(self.repetition_penalty, (int, float)) and math.isfinite(self.repetition_penalty)
+                and self.repetition_penalty > 0):
+            raise InputError(f"repetition_penalty must be a positive number, got {self.repetition_penalty!r}")
+        if isinstance(self.num_beams, bool) or not isinstance(self.num_beams, int) or self.num_beams < 1:
+            raise InputError(f"num_beams must be a positive integer, got {self.num_beams!r}")
+        if self.num_beams > 1 and self.temperature > 0:
+            raise InputError("beam search (num_beams > 1) is greedy: use temperature 0")
+
+    def generation_config(self, max_new_tokens: int, eos_token_id: int | None, pad_token_id: int | None):
+        """These settings as a transformers ``GenerationConfig``."""
+        from transformers import GenerationConfig
+
+        sampling = self.temperature > 0
+        extra = dict(temperature=float(self.temperature), top_p=float(self.top_p), top_k=self.top_k) if sampling \
+            else {}
+        return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sampling, num_beams=self.num_beams,
+                                repetition_penalty=float(self.repetition_penalty), use_cache=self.use_cache,
+                                eos_token_id=eos_token_id, pad_token_id=pad_token_id, **extra)
 
 
 @dataclass
@@ -55,35 +78,23 @@ class DecodeResult:
     tokens: list[list[int]]  # new ids of each row, the end-of-sentence token excluded
     stopped_at_eos: list[bool]
     prompt_length: int  # T, padded columns included
-    time_to_first_token: float = 0.0  # seconds: prefill + the first token
+    time_to_first_token: float = 0.0  # seconds: prefill + the first token's logits
     seconds: float = 0.0  # the whole decode
     logits: torch.Tensor | None = None  # (B, steps, V) the logits each token was chosen from, when recorded
 
 
-def select_next(logits: torch.Tensor, cfg: DecodingConfig, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B, V) logits -> (B,) next ids: argmax, or a top-p sample at the given temperature."""
-    if cfg.temperature == 0:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / cfg.temperature, dim=-1)
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
-    if cfg.top_p < 1:
-        outside = sorted_probs.cumsum(dim=-1) - sorted_probs >= cfg.top_p  # mass before a token already >= p
-        sorted_probs = sorted_probs.masked_fill(outside, 0.0)  # the most likely token always stays
-    choice = torch.multinomial(sorted_probs, 1, generator=generator)  # (B, 1); multinomial renormalises
-    return order.gather(-1, choice).squeeze(-1)
-
-
 def decode(model, batch: UnderstandingBatch, cfg: DecodingConfig, eos_token_id: int | None, pad_token_id: int,
            generator: torch.Generator | None = None, streamer=None, record_logits: bool = False) -> DecodeResult:
-    """Answer every row of a left-padded understanding batch (see the module docstring)."""
+    """Answer every row of a left-padded understanding batch with ``model.generate`` (module docstring).
+    ``eos_token_id=None`` leaves the model's own (``generation_config``) end token, if any."""
     try:
         return _decode(model, batch, cfg, eos_token_id, pad_token_id, generator, streamer, record_logits)
-    finally:  # also on errors: a consumer iterating over the streamer must not wait forever
-        if streamer is not None:
+    except BaseException:
+        if streamer is not None:  # a consumer iterating over the streamer must not wait forever
             streamer.end()
+        raise
 
 
-@torch.inference_mode()
 def _decode(model, batch, cfg, eos_token_id, pad_token_id, generator, streamer, record_logits) -> DecodeResult:
     cfg.validate()
     B, T = batch.input_ids.shape
@@ -92,59 +103,57 @@ def _decode(model, batch, cfg, eos_token_id, pad_token_id, generator, streamer, 
     context = model.config.language.max_position_embeddings
     if T >= context:
         raise InputError(f"the prompt is {T} tokens, leaving no room in the model's context of {context}")
-    max_new = min(cfg.max_new_tokens, context - T)
     start = time.perf_counter()
     batch = batch.to(model.device, dtype=model.dtype)
-    prompt = model.prepare_inputs_embeds(batch.input_ids, batch.pixel_values, batch.images_seq_mask,
-                                         batch.images_emb_mask)  # (B, T, D)
-    mask = batch.attention_mask  # (B, T) grows by one column a step
-    positions = position_ids_from_left_padding(mask)  # (B, T)
-    lm = model.language_model
-    if streamer is not None:
-        streamer.put(batch.input_ids.cpu())
-    cached: dict = {}
-    if cfg.use_cache:
-        from transformers import DynamicCache
-
-        cached = cache_kwargs(lm, DynamicCache(config=lm.config))  # {keyword: cache}, one for the whole answer
-        logits = lm(inputs_embeds=prompt, attention_mask=mask, position_ids=positions, use_cache=True,
-                    logits_to_keep=1, **cached).logits[:, -1]  # (B, V)
-    else:
-        logits = lm(inputs_embeds=prompt, attention_mask=mask, position_ids=positions).logits[:, -1]
-
-    generated = torch.empty(B, 0, dtype=torch.long, device=model.device)  # (B, k)
-    finished = torch.zeros(B, dtype=torch.bool, device=model.device)
-    first_token_time, history = 0.0, []
-    for k in range(max_new):
-        if record_logits:
-            history.append(logits.float().cpu())
-        token = select_next(logits, cfg, generator)
-        if eos_token_id is not None:
-            token = token.masked_fill(finished, pad_token_id)  # finished rows only pad
-            finished = finished | (token == eos_token_id)
-        generated = torch.cat([generated, token[:, None]], dim=1)
-        if k == 0:
-            first_token_time = time.perf_counter() - start
-        if streamer is not None and not bool(finished[0]):
-            streamer.put(token.cpu())
-        if bool(finished.all()) or k == max_new - 1:
-            break
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
-        if cfg.use_cache:  # one new token against the cached keys/values
-            logits = lm(input_ids=token[:, None], attention_mask=mask, position_ids=positions[:, -1:],
-                        use_cache=True, **cached).logits[:, -1]
-        else:  # reference: the prompt and every answer token, from scratch
-            embeds = torch.cat([prompt, model.embed_tokens(generated)], dim=1)
-            logits = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits[:, -1]
-
+    clock = _FirstTokenClock()
+    generation_config = cfg.generation_config(min(cfg.max_new_tokens, context - T), eos_token_id, pad_token_id)
+    with torch.inference_mode(), _seeded(generator if cfg.temperature > 0 else None, model.device):
+        out = model.generate(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, pixel_values=batch.pixel_values,
+            images_seq_mask=batch.images_seq_mask, images_emb_mask=batch.images_emb_mask,
+            generation_config=generation_config, logits_processor=LogitsProcessorList([clock]), streamer=streamer,
+            return_dict_in_generate=True, output_logits=record_logits)
     tokens, stopped = [], []
-    for row in generated.tolist():
+    for row in out.sequences[:, T:].tolist():
         stop = eos_token_id in row if eos_token_id is not None else False
         tokens.append(row[: row.index(eos_token_id)] if stop else row)
         stopped.append(stop)
-    return DecodeResult(tokens, stopped, T, first_token_time, time.perf_counter() - start,
-                        torch.stack(history, dim=1) if record_logits else None)
+    logits = torch.stack([step.float().cpu() for step in out.logits], dim=1) if record_logits else None
+    return DecodeResult(tokens, stopped, T, (clock.time or start) - start, time.perf_counter() - start, logits)
+
+
+class _FirstTokenClock(LogitsProcessor):
+    """A logits processor that changes nothing and notes when the first token's logits exist."""
+
+    time: float | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.time is None:
+            self.time = time.perf_counter()
+        return scores
+
+
+class _seeded:
+    """Sampling in ``generate`` draws from torch's global generator: seed it from ``generator`` (which
+    advances, so a generator gives a new draw each call and the same draws from the same seed) and
+    restore the global state after."""
+
+    def __init__(self, generator: torch.Generator | None, device: torch.device):
+        self.generator, self.device = generator, device
+
+    def __enter__(self):
+        if self.generator is None:
+            return self
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.generator, device=self.generator.device))
+        self._fork = torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
+        self._fork.__enter__()
+        torch.manual_seed(seed)
+        return self
+
+    def __exit__(self, *exc):
+        if self.generator is not None:
+            self._fork.__exit__(*exc)
+        return False
 
 
 def user_message(question: str, images: Sequence[ImageInput] = ()) -> Message:
