@@ -22,100 +22,35 @@ give what `model.generate` reads; `AutoProcessor` loads it from every folder the
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 from tokenizers import AddedToken
-from transformers import AutoTokenizer, BatchFeature, PreTrainedTokenizerBase, ProcessorMixin
+from transformers import BatchFeature, PreTrainedTokenizerBase, ProcessorMixin
 
+from .batches import GenerationBatch, UnderstandingBatch, UnderstandingSample  # noqa: F401  (re-exported)
 from .chat_template import CHAT_TEMPLATE, DEFAULT_SYSTEM_PROMPT, normalize_messages
 from .errors import InputError
 from .image_processing import JanusFlowImageProcessor, flat_images
 from .images import DEFAULT_MIN_SIZE, ImageInput, load_image, preprocess_image  # noqa: F401  (re-exported)
+from .processor_files import (  # noqa: F401  (re-exported)
+    CHAT_TEMPLATE_NAME, IMAGE_CONFIG_NAME, PROCESSOR_CONFIG_NAME, load_processor_parts, save_processor,
+)
 from .prompt_rows import left_pad, make_uncond, position_ids_from_left_padding  # noqa: F401  (re-exported)
 from .tokenizer_build import BOI_TOKEN, BOS_TOKEN, EOI_TOKEN, EOS_TOKEN, GEN_TOKEN, IMAGE_TOKEN, PAD_TOKEN
 
 Message = dict[str, Any]  # {"role": "User" | "Assistant", "content": str, "images": [ImageInput, ...]}
 
-PROCESSOR_CONFIG_NAME = "processor_config.json"
-IMAGE_CONFIG_NAME = "preprocessor_config.json"  # the image processor's settings (ours and the release's)
-OFFICIAL_IMAGE_CONFIG_NAME = IMAGE_CONFIG_NAME
-CHAT_TEMPLATE_NAME = "chat_template.jinja"
-#: `from_pretrained` keywords that mean nothing for a local folder (hub options, AutoProcessor's bookkeeping).
-_IGNORED_LOAD_KWARGS = frozenset({"cache_dir", "force_download", "local_files_only", "proxies", "revision", "token",
-                                  "trust_remote_code", "_from_auto", "_from_pipeline", "code_revision", "use_fast",
-                                  "resume_download", "user_agent", "repo_type", "config", "subfolder"})
+OFFICIAL_IMAGE_CONFIG_NAME = IMAGE_CONFIG_NAME  # the release keeps image_size there too
 
 # The "deepseek" conversation template of the official code.
 ROLES = ("User", "Assistant")
 SEP = "\n\n"
 SEP2 = EOS_TOKEN
-
-# ----------------------------------------------------------------------------------------------------------
-# Batches
-
-
-@dataclass
-class UnderstandingSample:
-    """One conversation, tokenized with its images expanded to boi, N x image, eoi."""
-
-    sft_format: str
-    input_ids: torch.Tensor  # (T,) int64
-    pixel_values: torch.Tensor  # (num_images, 3, S, S) float32
-
-
-@dataclass
-class UnderstandingBatch:
-    """Left-padded understanding batch in the official layout (B rows, T columns, up to M images a row)."""
-
-    sft_format: list[str]
-    input_ids: torch.Tensor  # (B, T) int64
-    attention_mask: torch.Tensor  # (B, T) int64, 1 = attend, 0 = left padding
-    pixel_values: torch.Tensor  # (B, M, 3, S, S), zeros where a row has fewer images
-    images_seq_mask: torch.Tensor  # (B, T) bool, True at boi and image ids
-    images_emb_mask: torch.Tensor  # (B, M, N + 1) bool, True for each real image (beg_of_und_embed + N tokens)
-
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "UnderstandingBatch":
-        """Move every tensor to `device`; `dtype` applies to `pixel_values` only."""
-        self.input_ids = self.input_ids.to(device)
-        self.attention_mask = self.attention_mask.to(device)
-        self.images_seq_mask = self.images_seq_mask.to(device)
-        self.images_emb_mask = self.images_emb_mask.to(device)
-        self.pixel_values = self.pixel_values.to(device=device, dtype=dtype)
-        return self
-
-
-@dataclass
-class GenerationBatch:
-    """Prompt rows for text-to-image sampling: conditional rows first, then their unconditional rows.
-
-    With P prompts and K images per prompt the conditional rows are p0 x K, p1 x K, ... (R_c = P*K rows);
-    with guidance the next R_c rows are `make_uncond` of those, in the same order.
-    """
-
-    input_ids: torch.Tensor  # (R, L) int64, left padded with pad_id, every row ends with the generation tag
-    attention_mask: torch.Tensor  # (R, L) int64
-    prompt_lengths: torch.Tensor  # (R,) int64, unpadded length of each row
-    num_cond_rows: int
-    sft_format: list[str]  # the text of each conditional row
-
-    @property
-    def guidance(self) -> bool:
-        return self.input_ids.shape[0] > self.num_cond_rows
-
-    def to(self, device: torch.device | str) -> "GenerationBatch":
-        self.input_ids = self.input_ids.to(device)
-        self.attention_mask = self.attention_mask.to(device)
-        self.prompt_lengths = self.prompt_lengths.to(device)
-        return self
-
 
 def _image_list(images: Any, where: str) -> list[ImageInput]:
     if images is None:
@@ -580,74 +515,12 @@ class JanusFlowProcessor(ProcessorMixin):
         ``chat_template.jinja`` into ``save_directory``."""
         if push_to_hub:
             raise NotImplementedError("push_to_hub is not supported; save to a folder and upload it")
-        folder = Path(os.fspath(save_directory))
-        folder.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save_pretrained(os.fspath(folder))
-        self.image_processor.save_pretrained(os.fspath(folder))
-        with open(folder / PROCESSOR_CONFIG_NAME, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        (folder / CHAT_TEMPLATE_NAME).write_text(self.chat_template, encoding="utf-8")
-        return [str(folder / PROCESSOR_CONFIG_NAME)]
+        return [save_processor(self, save_directory)]
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **overrides: Any) -> "JanusFlowProcessor":
-        """Load from a local folder: the tokenizer with `AutoTokenizer` (local files only, no remote code), the
-        image settings from `preprocessor_config.json` (ours or the release's), the other settings from
-        `processor_config.json` (ours, older ones with `image_size` in it, or the release's), the template from
-        `chat_template.jinja` when present. Keyword arguments override the files."""
-        path = Path(os.fspath(pretrained_model_name_or_path)) / (overrides.pop("subfolder", "") or "")
-        for key in _IGNORED_LOAD_KWARGS & set(overrides):
-            overrides.pop(key)
-        if not path.is_dir():
-            raise FileNotFoundError(f"no processor folder at {pretrained_model_name_or_path} (only local folders are "
-                                    f"loaded)")
-        image_keys = ("image_size", "min_size", "background_color", "image_mean", "image_std", "rescale_factor",
-                      "do_normalize")
-        image_settings: dict[str, Any] = {}
-        settings: dict[str, Any] = {}
-        if (path / IMAGE_CONFIG_NAME).is_file():
-            image_settings.update(_read_json(path / IMAGE_CONFIG_NAME))
-        if (path / PROCESSOR_CONFIG_NAME).is_file():
-            settings.update(_read_json(path / PROCESSOR_CONFIG_NAME))
-            if isinstance(settings.get("image_processor"), dict):  # transformers' one-file layout
-                image_settings.update(settings["image_processor"])
-        image_settings.update({k: settings[k] for k in ("image_size", "min_size") if k in settings})
-        unknown = sorted(set(overrides) - set(image_keys) - {"num_image_tokens", "system_prompt", "sft_format",
-                                                               "max_length", "num_gen_image_tokens", "chat_template"})
-        if unknown:
-            raise TypeError(f"JanusFlowProcessor.from_pretrained: unsupported argument(s) {unknown}")
-        image_settings.update({k: v for k, v in overrides.items() if k in image_keys})
-        settings.update({k: v for k, v in overrides.items() if k not in image_keys})
-        known = ("num_image_tokens", "system_prompt", "sft_format", "max_length", "num_gen_image_tokens")
-        kwargs = {k: settings[k] for k in known if k in settings}
-        missing = [k for k, present in (("image_size", "image_size" in image_settings),
-                                        ("num_image_tokens", "num_image_tokens" in kwargs)) if not present]
-        if missing:
-            raise ValueError(f"{pretrained_model_name_or_path}: no {' or '.join(missing)} in {PROCESSOR_CONFIG_NAME}; "
-                             f"pass them as keyword arguments")
-        image_processor = JanusFlowImageProcessor(**{k: image_settings[k] for k in image_keys if k in image_settings})
-        chat_template = settings.get("chat_template")
-        if chat_template is None and (path / CHAT_TEMPLATE_NAME).is_file():
-            chat_template = (path / CHAT_TEMPLATE_NAME).read_text(encoding="utf-8")
-        from transformers.utils import logging as hf_logging
-
-        # AutoTokenizer also reads config.json, whose model_type ("janusflow") transformers does not know:
-        # it warns that the config "may not be supported", which concerns models, not this tokenizer
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(os.fspath(path), local_files_only=True, trust_remote_code=False)
-        finally:
-            hf_logging.set_verbosity(verbosity)
-        return cls(tokenizer, image_processor=image_processor, chat_template=chat_template, **kwargs)
-
-
-def _read_json(file: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{file}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{file}: expected a JSON object")
-    return data
+        """Load from a local folder (any layout :func:`janusflow.processor_files.load_processor_parts` reads);
+        keyword arguments override the files."""
+        tokenizer, image_processor, chat_template, settings = load_processor_parts(pretrained_model_name_or_path,
+                                                                                   overrides)
+        return cls(tokenizer, image_processor=image_processor, chat_template=chat_template, **settings)

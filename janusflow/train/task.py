@@ -338,9 +338,12 @@ class JanusFlowTask:
             self.base = {"step": self.next_step, "positions": state["positions"]}
 
     def export(self, directory: Path, model: JanusFlowModel | None = None) -> None:
-        """``save_pretrained`` of the model (LoRA merged), its processor and its VAE (``vae/``)."""
+        """``save_pretrained`` of the model (LoRA merged, and the adapter alone in peft's format in
+        ``adapter/``), its processor and its VAE (``vae/``)."""
         model = self.model if model is None else model
-        model = lora_utils.merged_copy(model) if lora_utils.has_lora(model) else model
+        if lora_utils.has_lora(model):
+            lora_utils.save_adapter(model, Path(directory) / lora_utils.ADAPTER_SUBFOLDER, self.config.model.path)
+            model = lora_utils.merged_copy(model)
         model.save_pretrained(directory)
         self.processor.save_pretrained(directory)
         if self.latent_encoder is not None and hasattr(self.latent_encoder, "save_pretrained"):
