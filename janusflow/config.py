@@ -225,6 +225,12 @@ def _generic_keys() -> frozenset[str]:
         "tie_word_embeddings", "use_cache", "transformers_version", "architectures", "model_type"}
 
 
+def _is_torch_dtype_name(name: str) -> bool:
+    import torch
+
+    return isinstance(getattr(torch, name, None), torch.dtype)
+
+
 class JanusFlowConfig(PretrainedConfig):
     """The unified model: LLM + understanding path + generation path + aligners.
 
@@ -266,6 +272,10 @@ class JanusFlowConfig(PretrainedConfig):
         if model_type != MODEL_TYPE:
             raise ConfigError(f"config: model_type is {model_type!r}, expected {MODEL_TYPE!r} "
                               "(official checkpoints are read by janusflow.convert)")
+        for key in ("dtype", "torch_dtype"):  # transformers turns a name into getattr(torch, name)
+            name = kwargs.get(key)
+            if isinstance(name, str) and name != "auto" and not _is_torch_dtype_name(name):
+                raise ConfigError(f"config.{key}: {name!r} is not a torch dtype (e.g. 'float32', 'bfloat16')")
         unknown = sorted(k for k in kwargs if k not in _generic_keys())
         if unknown:
             raise ConfigError(f"config: unknown key(s) {unknown}; known sections are {sorted(SECTIONS)}")

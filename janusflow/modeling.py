@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -282,11 +283,12 @@ class JanusFlowForConditionalGeneration(JanusFlowPreTrainedModel, GenerationMixi
             return super().save_pretrained(save_directory, *args, **kwargs)
         state = kwargs.pop("state_dict", None) or self.state_dict()
         kwargs["state_dict"] = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-        saved_dtype, self.config.dtype = self.config.dtype, dtype
-        try:
-            return super().save_pretrained(save_directory, *args, **kwargs)
-        finally:
-            self.config.dtype = saved_dtype
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        config_file = Path(os.fspath(save_directory)) / "config.json"  # it names the model's dtype: the files'
+        data = json.loads(config_file.read_text(encoding="utf-8"))
+        data["dtype"] = str(dtype).removeprefix("torch.")
+        config_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        return result
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args,
@@ -337,6 +339,9 @@ class JanusFlowForConditionalGeneration(JanusFlowPreTrainedModel, GenerationMixi
                 part.set_attn_implementation(attn_implementation)
         if (folder / "generation_config.json").is_file():
             model.generation_config = GenerationConfig.from_pretrained(folder)
+            for key in ("bos_token_id", "eos_token_id", "pad_token_id"):  # ids the file was written without
+                if getattr(model.generation_config, key) is None:
+                    setattr(model.generation_config, key, getattr(config, key))
         return model.eval()
 
 
