@@ -299,10 +299,10 @@ class JanusFlowForConditionalGeneration(JanusFlowPreTrainedModel, GenerationMixi
 
         ``dtype`` (or ``torch_dtype``): a torch dtype, its name, or ``"auto"`` (the config's, else the
         stored weights'); default fp32 on CPU, bf16 on CUDA. ``device_map``: a device (``"cpu"``,
-        ``"cuda:0"``, an index), ``{"": device}``, ``"auto"`` (CUDA when present), or a map of module
-        names to devices, placed by ``accelerate.dispatch_model``. ``device`` is the older spelling of
-        a single-device map. Token ids the config lacks are read from the folder's ``tokenizer.json``;
-        ``generation_config.json`` is read when present.
+        ``"cuda:0"``, an index), ``"auto"`` (CUDA when present), or a map of module names to one device
+        (``{"": "cuda:0"}``); the model is not split over devices (the release's 1.3B fits on any GPU).
+        ``device`` is the older spelling. Token ids the config lacks are read from the folder's
+        ``tokenizer.json``; ``generation_config.json`` is read when present.
         """
         if model_args:
             raise TypeError(f"{cls.__name__}.from_pretrained takes no positional model arguments")
@@ -324,16 +324,10 @@ class JanusFlowForConditionalGeneration(JanusFlowPreTrainedModel, GenerationMixi
                 setattr(config, key, value)
         config.name_or_path = str(folder)
 
-        placement = _placement(device_map if device_map is not None else device)
-        load_device = placement if isinstance(placement, torch.device) else torch.device("cpu")
+        device = _placement(device_map if device_map is not None else device)
         model = build_meta(config, cls)
         state = read_weights(folder, config, official, {k: tuple(v.shape) for k, v in model.state_dict().items()})
-        model = assign_state(model, state, _resolve_dtype(dtype, config, state, load_device), load_device,
-                             what=str(folder))
-        if not isinstance(placement, torch.device):
-            from accelerate import dispatch_model
-
-            model = dispatch_model(model, device_map=placement)
+        model = assign_state(model, state, _resolve_dtype(dtype, config, state, device), device, what=str(folder))
         if attn_implementation is not None:
             for part in (model.language_model, model.und_encoder.siglip):
                 part.set_attn_implementation(attn_implementation)
@@ -364,19 +358,20 @@ def default_dtype(device: str | torch.device) -> torch.dtype:
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
 
-def _placement(device_map: Any) -> torch.device | dict[str, Any]:
-    """One device, or a module -> device map with more than one device (for accelerate)."""
+def _placement(device_map: Any) -> torch.device:
+    """The one device a ``device_map`` names."""
     if device_map is None:
         return torch.device("cpu")
     if device_map == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if isinstance(device_map, dict):
-        devices = set(device_map.values())
-        if not device_map or not all(isinstance(k, str) for k in device_map):
-            raise InputError(f"device_map must map module names to devices, got {device_map!r}")
-        if len(devices) == 1:
-            return _placement(devices.pop())
-        return dict(device_map)
+        devices = {_placement(d) for d in device_map.values()}
+        if len(devices) != 1:
+            raise InputError(f"device_map puts modules on {sorted(map(str, devices))}: JanusFlow runs on one "
+                             "device; give one (e.g. 'cuda:0', or {'': 'cuda:0'})")
+        return devices.pop()
+    if isinstance(device_map, int) and not isinstance(device_map, bool):
+        return torch.device("cuda", device_map)  # transformers' convention: an index is a CUDA device
     try:
         return torch.device(device_map)
     except (RuntimeError, TypeError) as e:

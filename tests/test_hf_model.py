@@ -116,6 +116,8 @@ def test_dtype_and_device_map():
         model = AutoModel.from_pretrained(DEFAULT_MODEL_DIR, device_map=device_map)
         expected = "cuda" if device_map == "auto" and torch.cuda.is_available() else "cpu"
         assert {p.device.type for p in model.parameters()} == {expected}
+    with pytest.raises(InputError, match="one device"):
+        AutoModel.from_pretrained(DEFAULT_MODEL_DIR, device_map={"language_model": 0, "und_encoder": "cpu"})
     with pytest.raises(JanusFlowError, match="dtype"):
         AutoModel.from_pretrained(DEFAULT_MODEL_DIR, dtype="float77")
     with pytest.raises(JanusFlowError, match="dtype"):
