@@ -316,3 +316,16 @@ def test_chat_helper_keeps_its_api(embedded):
     result = chat.generate([[user_message("what color is the shape?", [picture])]], max_new_tokens=8, num_beams=2)
     assert result.tokens[0] and result.seconds >= result.time_to_first_token > 0
     assert isinstance(GenerationConfig(), GenerationConfig)
+
+
+def test_transformers_image_text_to_text_pipeline(embedded):
+    from transformers import pipeline
+
+    model, processor = embedded
+    pipe = pipeline("image-text-to-text", model=model, processor=processor)
+    messages = [{"role": "user", "content": [{"type": "image", "image": shapes_picture()},
+                                             {"type": "text", "text": "What color is the shape?"}]}]
+    out = pipe(text=messages, max_new_tokens=8, return_full_text=False)
+    inputs = chat_inputs(processor, [("What color is the shape?", [shapes_picture()])])
+    expected = model.generate(**inputs, max_new_tokens=8)[0, inputs["input_ids"].shape[1]:]
+    assert out[0]["generated_text"] == processor.decode(expected)
