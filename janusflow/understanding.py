@@ -107,12 +107,12 @@ def _decode(model, batch, cfg, eos_token_id, pad_token_id, generator, streamer, 
     batch = batch.to(model.device, dtype=model.dtype)
     clock = _FirstTokenClock()
     generation_config = cfg.generation_config(min(cfg.max_new_tokens, context - T), eos_token_id, pad_token_id)
+    generation_config.return_dict_in_generate, generation_config.output_logits = True, record_logits
     with torch.inference_mode(), _seeded(generator if cfg.temperature > 0 else None, model.device):
         out = model.generate(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask, pixel_values=batch.pixel_values,
             images_seq_mask=batch.images_seq_mask, images_emb_mask=batch.images_emb_mask,
-            generation_config=generation_config, logits_processor=LogitsProcessorList([clock]), streamer=streamer,
-            return_dict_in_generate=True, output_logits=record_logits)
+            generation_config=generation_config, logits_processor=LogitsProcessorList([clock]), streamer=streamer)
     tokens, stopped = [], []
     for row in out.sequences[:, T:].tolist():
         stop = eos_token_id in row if eos_token_id is not None else False
