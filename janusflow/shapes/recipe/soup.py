@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ...checkpoint import CONFIG, WEIGHTS, read_safetensors, weight_files
+from ...checkpoint import CONFIG, WEIGHTS, read_config, read_safetensors, weight_files
 from ...errors import CheckpointError, ConfigError
 from ...train.stages import MODULES
 
@@ -52,7 +52,7 @@ def check_ingredients(folders: list[Path], out: Path) -> None:
     for folder in folders:
         if not (folder / CONFIG).is_file():
             raise CheckpointError(f"{folder}: no {CONFIG} (not a model folder)")
-        configs.append(json.loads((folder / CONFIG).read_text(encoding="utf-8")))
+        configs.append(read_config(folder))  # (config, layout): the architecture, not the file's bookkeeping
         if configs[-1] != configs[0]:
             raise CheckpointError(f"{folder}: its {CONFIG} differs from {first}'s; merging needs one architecture")
     ours = read_safetensors([first / VAE_WEIGHTS])
