@@ -52,13 +52,11 @@ def _cache_keyword(llm_class: type) -> str:
     return "cache" if "cache" in inspect.signature(llm_class.forward).parameters else "past_key_values"
 
 
-#: Inputs of the understanding path that only the prefill step reads (the KV cache holds them after).
-IMAGE_INPUTS = ("pixel_values", "images_seq_mask", "images_emb_mask")
 #: ``from_pretrained`` keywords that mean nothing for a local folder (hub and loader options).
 _IGNORED_LOAD_KWARGS = frozenset({
     "cache_dir", "force_download", "local_files_only", "proxies", "revision", "token", "trust_remote_code",
     "use_safetensors", "low_cpu_mem_usage", "_from_auto", "_from_pipeline", "code_revision", "resume_download",
-    "output_loading_info", "adapter_kwargs", "key_mapping", "user_agent", "weights_only"})
+    "user_agent"})
 
 
 @dataclass
@@ -75,7 +73,6 @@ class JanusFlowPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["LlamaDecoderLayer", "SiglipEncoderLayer", "GenerationEncoder", "GenerationDecoder"]
-    _skip_keys_device_placement = ["past_key_values", "cache"]
     _supports_sdpa = True
     _supports_flash_attn = True
 
