@@ -307,6 +307,10 @@ class JanusFlowForConditionalGeneration(JanusFlowPreTrainedModel, GenerationMixi
         dtype = dtype if dtype is not None else torch_dtype
         attn_implementation = kwargs.pop("attn_implementation", None)
         subfolder = kwargs.pop("subfolder", "") or ""
+        adapter_path = (kwargs.pop("adapter_kwargs", None) or {}).get("_adapter_model_path")  # the Auto classes'
+        for key in ("key_mapping", "output_loading_info", "quantization_config"):
+            if kwargs.get(key, None) in (None, {}, False):
+                kwargs.pop(key, None)
         unknown = sorted(set(kwargs) - _IGNORED_LOAD_KWARGS)
         if unknown:
             raise TypeError(f"{cls.__name__}.from_pretrained: unsupported argument(s) {unknown}")
@@ -325,6 +329,8 @@ class JanusFlowForConditionalGeneration(JanusFlowPreTrainedModel, GenerationMixi
         model = build_meta(config, cls)
         state = read_weights(folder, config, official, {k: tuple(v.shape) for k, v in model.state_dict().items()})
         model = assign_state(model, state, _resolve_dtype(dtype, config, state, device), device, what=str(folder))
+        if adapter_path is not None:  # AutoModel was given a peft adapter folder: its base, then the adapter
+            model.load_adapter(os.fspath(adapter_path))
         if attn_implementation is not None:
             for part in (model.language_model, model.und_encoder.siglip):
                 part.set_attn_implementation(attn_implementation)

@@ -123,7 +123,7 @@ def test_dtype_and_device_map():
     with pytest.raises(JanusFlowError, match="dtype"):
         JanusFlowModel.from_pretrained(DEFAULT_MODEL_DIR, dtype=torch.int8)
     with pytest.raises(TypeError, match="quantization_config"):
-        AutoModel.from_pretrained(DEFAULT_MODEL_DIR, quantization_config={})
+        JanusFlowModel.from_pretrained(DEFAULT_MODEL_DIR, quantization_config={"load_in_8bit": True})
     with pytest.raises(CheckpointError, match="not found"):
         JanusFlowModel.from_pretrained(DEFAULT_MODEL_DIR / "nowhere")
 

@@ -79,3 +79,23 @@ def test_save_and_load_adapter_in_place_trained():
             torch.testing.assert_close(loaded(input_ids=ids).logits, expected, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="no LoRA"):
         lora.save_adapter(base, "unused")
+
+
+def test_auto_model_on_an_adapter_folder_loads_its_base_then_the_adapter(tmp_path):
+    """transformers' own peft integration: an adapter folder naming a local base model."""
+    from transformers import AutoModel
+
+    from janusflow.pipeline import DEFAULT_MODEL_DIR
+
+    trained = JanusFlowModel.from_pretrained(DEFAULT_MODEL_DIR)
+    lora.apply_lora(trained, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    with torch.no_grad():
+        for name, p in trained.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    lora.save_adapter(trained, tmp_path, base_model_name_or_path=str(DEFAULT_MODEL_DIR))
+    loaded = AutoModel.from_pretrained(tmp_path)
+    ids = torch.tensor([[0, 10, 20, 30, 40]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, trained.eval()(input_ids=ids).logits,
+                                   rtol=0, atol=1e-5)
