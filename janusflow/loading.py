@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import os
 from pathlib import Path
 
@@ -102,10 +103,12 @@ def component_class(library: str, class_name: str) -> type:
 def load_scheduler(folder: Path):
     """The scheduler saved in ``folder`` (``scheduler_config.json``, its ``_class_name`` a diffusers or
     janusflow class)."""
-    from diffusers import SchedulerMixin
-
-    config = SchedulerMixin.load_config(os.fspath(folder))
-    name = config.get("_class_name")
+    path = folder / "scheduler_config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read the scheduler ({e})") from None
+    name = config.get("_class_name") if isinstance(config, dict) else None
     library = "janusflow.schedulers" if name == "FlowMatchMidpointScheduler" else "diffusers"
     cls = component_class(library, name or "")
     return cls.from_config(config)
