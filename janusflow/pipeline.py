@@ -68,12 +68,13 @@ class ImageStart:
 
 def start_index(scheduler, num_inference_steps: int, strength: float) -> int:
     """The ``timesteps`` index where a flow of ``strength`` starts: the grid point t_k (k = 0..n) nearest
-    to t = 1 - strength (a tie: the earlier), times the scheduler's order. Strength 1 starts at t = 0
-    (all steps), strength 0 at t = 1 (none: the image's own latents)."""
-    order = scheduler.order
-    times = [time_from_sigma(scheduler.sigmas[k * order]) for k in range(num_inference_steps + 1)]
+    to t = 1 - strength (a tie: the earlier); step k starts at index k * order, and k = n is past the last
+    step. Strength 1 starts at t = 0 (all steps), strength 0 at t = 1 (none: the image's own latents)."""
+    entries = len(scheduler.timesteps)
+    index = [min(k * scheduler.order, entries) for k in range(num_inference_steps + 1)]
+    times = [time_from_sigma(scheduler.sigmas[i]) for i in index]
     k = min(range(len(times)), key=lambda j: abs(times[j] - (1.0 - strength)))
-    return k * order
+    return index[k]
 
 
 def _per_row(per_prompt: torch.Tensor, owners: list[int]) -> torch.Tensor:
@@ -411,7 +412,7 @@ class JanusFlowPipeline(DiffusionPipeline):
         begin, z, x1, known = 0, z0, None, None
         if start is not None:
             begin = start_index(scheduler, cfg.num_steps, start.strength)
-            x1 = _per_row(start.latents, owners).to(device=device, dtype=torch.float32)  # (B, C, S, S)
+            x1 = _per_row(start.latents, owners).to(device=device, dtype=torch.float32).contiguous()  # (B, C, S, S)
             known = None if start.mask is None else 1 - _per_row(start.mask, owners).to(device)  # (B, 1, S, S)
             z = interpolate(z0, x1, torch.full((len(owners),), time_from_sigma(scheduler.sigmas[begin])))
         self._num_timesteps = len(scheduler.timesteps) - begin

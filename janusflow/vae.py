@@ -2,8 +2,8 @@
 
 Latents leave the sampler in the model's space (``x1 = VAE latent * scaling_factor``, see
 :mod:`janusflow.flow`), so decoding is ``vae.decode(z / scaling_factor + shift_factor)`` (shift 0
-when the VAE has none, as SDXL), then pixels ``x in [-1, 1] -> uint8((x + 1) / 2 * 255)``,
-truncated as the released sampler does.
+when the VAE has none, as SDXL), then pixels ``x in [-1, 1] -> uint8((x + 1) / 2 * 255)``, truncated
+as the released sampler does. Encoding (img2img) is the inverse on the posterior's mode.
 
 Precision: the SDXL VAE overflows in fp16 (NaN images), so the VAE never runs in fp16. It runs in
 fp32, except bf16 on CUDA when asked for explicitly. Non-finite latents (a diverged sampler, a bad
@@ -73,6 +73,15 @@ def decode(vae, latents: torch.Tensor) -> torch.Tensor:
     images = vae.decode(z).sample.float().clamp_(-1, 1).cpu()
     check_finite(images, "decoded images")
     return images
+
+
+@torch.inference_mode()
+def encode(vae, images: torch.Tensor) -> torch.Tensor:
+    """Images (B, 3, H, W) in [-1, 1] -> latents (B, C, H/f, W/f) in the model's space, fp32: the mode of
+    the VAE's posterior, ``(mode - shift_factor) * scaling_factor`` (what training encodes)."""
+    mode = vae.encode(images.to(device=vae.device, dtype=vae.dtype)).latent_dist.mode()
+    shift = vae.config.shift_factor or 0.0
+    return ((mode.float() - shift) * vae.config.scaling_factor).contiguous()  # the encoder's layout may not be
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
