@@ -35,9 +35,9 @@ from .image_generation_config import ImageGenerationConfig
 from .loading import (  # noqa: F401 (public names of this module)
     VAE_SUBFOLDER, load_components, load_model_and_processor, resolve_device, save_components,
 )
-from .prompt_rows import left_pad, make_uncond
+from .prompt_rows import generation_rows
 from .sampler import SOLVERS, SamplerConfig, denoise, guided_field, initial_noise
-from .schedulers import SCHEDULERS, make_scheduler, set_timesteps
+from .schedulers import SCHEDULERS, make_scheduler, set_timesteps, strength_start_index
 from .vae import check_finite, decode, to_pil, vae_dtype
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -64,17 +64,6 @@ class ImageStart:
     latents: torch.Tensor
     strength: float
     mask: torch.Tensor | None = None
-
-
-def start_index(scheduler, num_inference_steps: int, strength: float) -> int:
-    """The ``timesteps`` index where a flow of ``strength`` starts: the grid point t_k (k = 0..n) nearest
-    to t = 1 - strength (a tie: the earlier); step k starts at index k * order, and k = n is past the last
-    step. Strength 1 starts at t = 0 (all steps), strength 0 at t = 1 (none: the image's own latents)."""
-    entries = len(scheduler.timesteps)
-    index = [min(k * scheduler.order, entries) for k in range(num_inference_steps + 1)]
-    times = [time_from_sigma(scheduler.sigmas[i]) for i in index]
-    k = min(range(len(times)), key=lambda j: abs(times[j] - (1.0 - strength)))
-    return index[k]
 
 
 def _per_row(per_prompt: torch.Tensor, owners: list[int]) -> torch.Tensor:
@@ -287,20 +276,8 @@ class JanusFlowPipeline(DiffusionPipeline):
 
     def prompt_rows(self, texts: list[str], negatives: list[str] | None, guided: bool
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(R, L) ids and mask: the conditional rows, then (guided) the unconditional rows: make_uncond's,
-        or each row's negative prompt ("" keeps make_uncond's). Left padded together."""
-        if not guided or negatives is None:
-            batch = self.processor.build_generation_batch(texts, 1, guidance=guided)
-            return batch.input_ids, batch.attention_mask
-        pad = self.processor.pad_id
-        cond = [self.processor.encode_generation_prompt(p) for p in texts]
-        negative = [self.processor.encode_generation_prompt(n) if n.strip() else c for n, c in zip(negatives, cond)]
-        ids, mask = left_pad(cond + negative, pad)  # (2B, L)
-        B = len(texts)
-        empty = torch.tensor([not n.strip() for n in negatives])
-        uncond_ids, uncond_mask = make_uncond(ids[B:], mask[B:], pad)
-        ids[B:][empty], mask[B:][empty] = uncond_ids[empty], uncond_mask[empty]
-        return ids, mask
+        """(R, L) ids and mask of these sample rows (:func:`janusflow.prompt_rows.generation_rows`)."""
+        return generation_rows(self.processor, texts, negatives, guided)
 
     def _callback_inputs(self, callback_on_step_end, names: Sequence[str]) -> list[str]:
         from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
@@ -336,7 +313,8 @@ class JanusFlowPipeline(DiffusionPipeline):
                              "or output_type='latent'")
         if candidates > 1 and self.vae is None:
             raise InputError("the judge reads images: pass vae=... (a diffusers AutoencoderKL folder)")
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.processor.build_generation_batch(prompts, num_images_per_prompt, guidance=False)  # validates all
         per_prompt = num_images_per_prompt * candidates
@@ -411,7 +389,7 @@ class JanusFlowPipeline(DiffusionPipeline):
         set_timesteps(scheduler, cfg.num_steps, device, self.model.config.num_image_tokens)
         begin, z, x1, known = 0, z0, None, None
         if start is not None:
-            begin = start_index(scheduler, cfg.num_steps, start.strength)
+            begin = strength_start_index(scheduler, cfg.num_steps, start.strength)
             x1 = _per_row(start.latents, owners).to(device=device, dtype=torch.float32).contiguous()  # (B, C, S, S)
             known = None if start.mask is None else 1 - _per_row(start.mask, owners).to(device)  # (B, 1, S, S)
             z = interpolate(z0, x1, torch.full((len(owners),), time_from_sigma(scheduler.sigmas[begin])))

@@ -31,7 +31,7 @@ gets the positions it has alone; the zeros of an unconditional mask do not shift
 
 Guidance interval: with ``guidance_interval = (t_lo, t_hi)`` the velocity is guided only where
 ``t_lo <= t <= t_hi``; elsewhere it is ``v_cond`` alone and the unconditional rows are not run (those
-evaluations cost half). None (the default) guides every step, as released.
+evaluations run half the rows). None (the default) guides every step, as released.
 
 Two loops drive the same guided field: :func:`integrate` (the solvers above, written out: the
 reference) and :func:`denoise` (a diffusers scheduler, :mod:`janusflow.schedulers`: what the

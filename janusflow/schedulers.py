@@ -36,6 +36,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
 from .errors import InputError
+from .flow import time_from_sigma
 
 
 @dataclass
@@ -198,3 +199,14 @@ def _keep_float64_grid(scheduler: SchedulerMixin, sigmas: np.ndarray, device) ->
         return
     scheduler.sigmas = grid
     scheduler.timesteps = grid[:-1] * config.num_train_timesteps
+
+
+def strength_start_index(scheduler, num_inference_steps: int, strength: float) -> int:
+    """The ``timesteps`` index where a flow of ``strength`` starts: the grid point t_k (k = 0..n) nearest
+    to t = 1 - strength (a tie: the earlier); step k starts at index k * order, and k = n is past the last
+    step. Strength 1 starts at t = 0 (all steps), strength 0 at t = 1 (none: the image's own latents)."""
+    entries = len(scheduler.timesteps)
+    index = [min(k * scheduler.order, entries) for k in range(num_inference_steps + 1)]
+    times = [time_from_sigma(scheduler.sigmas[i]) for i in index]
+    k = min(range(len(times)), key=lambda j: abs(times[j] - (1.0 - strength)))
+    return index[k]
