@@ -38,7 +38,7 @@ from .loading import (  # noqa: F401 (public names of this module)
 from .prompt_rows import generation_rows
 from .sampler import SOLVERS, SamplerConfig, denoise, guided_field, initial_noise
 from .schedulers import SCHEDULERS, make_scheduler, set_timesteps, strength_start_index
-from .vae import check_finite, decode, to_pil, vae_dtype
+from .vae import check_finite, decode, onload, to_pil, vae_dtype
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
@@ -70,14 +70,6 @@ def _per_row(per_prompt: torch.Tensor, owners: list[int]) -> torch.Tensor:
     """(P or 1, ...) -> (B, ...): each sample row's prompt's entry (a single entry serves every row)."""
     pick = torch.tensor(owners) if per_prompt.shape[0] > 1 else torch.zeros(len(owners), dtype=torch.long)
     return per_prompt[pick]
-
-
-def _onload(module) -> None:
-    """Move an offloaded module to its execution device before a call other than ``forward`` (what
-    diffusers' ``apply_forward_hook`` does for ``AutoencoderKL.decode``)."""
-    hook = getattr(module, "_hf_hook", None)
-    if hook is not None and hasattr(hook, "pre_forward"):
-        hook.pre_forward(module)
 
 
 class JanusFlowPipeline(DiffusionPipeline):
@@ -325,7 +317,6 @@ class JanusFlowPipeline(DiffusionPipeline):
         device = self._execution_device
         z0 = self._noise(len(owners), generator, latents, device)
         self._guidance_scale, self._interrupt = guidance_scale, False
-        _onload(self.model)
 
         step = max(1, batch_size or len(owners))
         bar = self.progress_bar(total=0)
@@ -384,6 +375,7 @@ class JanusFlowPipeline(DiffusionPipeline):
                       tensor_inputs: list[str], bar, progress) -> torch.Tensor:
         """Latents (B, C, S, S) of B sample rows from their noise ``z0``: one scheduler run."""
         device = z0.device
+        onload(self.model)  # under CPU offload: back on the GPU (a best-of round's decode moved it away)
         ids, mask = self.prompt_rows(texts, negatives, cfg.guided)
         scheduler = type(template).from_config(template.config)  # a fresh state for every run
         set_timesteps(scheduler, cfg.num_steps, device, self.model.config.num_image_tokens)

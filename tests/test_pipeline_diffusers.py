@@ -275,6 +275,40 @@ def test_prompt_cache_equals_full_recompute_through_the_pipeline(pipe, solver):
                                latents_of(pipe, use_prompt_cache=False, **kwargs), rtol=0, atol=atol)
 
 
+# -- CPU offload ----------------------------------------------------------------------------------------------
+
+class FirstPerfect:
+    perfect = 1.0
+
+    def validate(self, prompt):
+        pass
+
+    def __call__(self, prompt, images):
+        return [0.5] * len(images)  # never perfect: every round runs, the model comes back for each
+
+
+def test_offload_hooks_keep_the_results(folder):
+    """accelerate's offload hooks with the CPU as "execution device" (the plumbing the CUDA test below
+    checks for real): the same images, best-of rounds (decode between samplings) and img2img included.
+    (accelerate re-places the VAE's weights, and the CPU's conv kernels then round differently: 1e-6.)"""
+    from janusflow.pipeline_img2img import JanusFlowImg2ImgPipeline
+
+    pipe = JanusFlowPipeline.from_pretrained(folder, device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(num_inference_steps=2, generator=0, candidates=2, judge=FirstPerfect(), output_type="np")
+    plain = pipe(PROMPTS, **kwargs).images
+    pipe.enable_model_cpu_offload(device="cpu")
+    assert hasattr(pipe.model, "_hf_hook") and pipe._execution_device == torch.device("cpu", 0)
+    np.testing.assert_allclose(pipe(PROMPTS, **kwargs).images, plain, rtol=0, atol=1e-5)
+    image = Image.new("RGB", (16, 16), (10, 200, 10))
+    offloaded = JanusFlowImg2ImgPipeline.from_pipe(pipe)(PROMPTS[0], image=image, num_inference_steps=2, generator=0,
+                                                         output_type="np").images
+    fresh = JanusFlowImg2ImgPipeline.from_pretrained(folder, device="cpu")
+    fresh.set_progress_bar_config(disable=True)
+    np.testing.assert_allclose(offloaded, fresh(PROMPTS[0], image=image, num_inference_steps=2, generator=0,
+                                                output_type="np").images, rtol=0, atol=1e-5)
+
+
 # -- CUDA -------------------------------------------------------------------------------------------------------
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CPU offload needs an accelerator")
@@ -287,3 +321,23 @@ def test_model_cpu_offload_gives_the_same_images(folder):
     assert pipe.model.device.type == "cpu"  # put back after the call
     torch.testing.assert_close(offloaded, on_gpu, rtol=0, atol=1e-5)
     assert pipe(PROMPTS[0], num_inference_steps=2, generator=0).images[0].size == (16, 16)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_to_cuda_and_the_cuda_default_dtypes(folder):
+    from janusflow.pipeline_img2img import JanusFlowImg2ImgPipeline, JanusFlowInpaintPipeline
+
+    on_cuda = JanusFlowPipeline.from_pretrained(folder, device="cuda", torch_dtype=torch.float32)
+    on_cuda.set_progress_bar_config(disable=True)
+    moved = JanusFlowPipeline.from_pretrained(folder, device="cpu").to("cuda")
+    moved.set_progress_bar_config(disable=True)
+    assert moved.device.type == "cuda" and moved.vae.device.type == "cuda" and moved.vae.dtype == torch.float32
+    torch.testing.assert_close(latents_of(moved).cpu(), latents_of(on_cuda).cpu(), rtol=0, atol=1e-5)
+    default = JanusFlowPipeline.from_pretrained(folder)  # CUDA: bf16 model, fp32 VAE
+    default.set_progress_bar_config(disable=True)
+    assert default.model.dtype == torch.bfloat16 and default.vae.dtype == torch.float32
+    image = Image.new("RGB", (16, 16), (200, 30, 30))
+    everything = Image.new("L", (16, 16), 255)
+    for cls, extra in ((JanusFlowImg2ImgPipeline, {}), (JanusFlowInpaintPipeline, {"mask_image": everything})):
+        z = latents_of(cls.from_pipe(default), image=image, **extra)
+        assert z.device.type == "cuda" and torch.isfinite(z).all()
