@@ -50,7 +50,8 @@ def run(capsys, *argv):
 def test_parity_passes_on_the_fixture(capsys):
     code, out, _ = run(capsys, "parity", FIXTURE)
     lines = out.strip().splitlines()
-    assert code == 0 and lines[-1].startswith("25/25")
+    assert code == 0 and lines[-1].startswith("27/27")  # case (c) also through the pipeline's Euler scheduler
+    assert any(line.startswith("gen.z_final@scheduler ") and line.endswith("ok") for line in lines)
     assert any(line.startswith("gen.z_final ") and line.endswith("ok") for line in lines)
 
 
@@ -63,7 +64,7 @@ def test_parity_fails_on_a_wrong_fixture(capsys, tmp_path):
     code, out, _ = run(capsys, "parity", bad)
     assert code == 1
     failed = [line for line in out.splitlines() if line.endswith("FAIL")]
-    assert len(failed) == 2 and all(line.startswith("gen.z_final") for line in failed)
+    assert len(failed) == 3 and all(line.startswith("gen.z_final") for line in failed)  # @cached, @scheduler
 
 
 # -- generate -------------------------------------------------------------------------------------------
