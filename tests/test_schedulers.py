@@ -203,3 +203,28 @@ def test_embedded_model_gives_the_released_images():
         ref = sample_latents(pipe.model, batch.input_ids, batch.attention_mask, z0,
                              SamplerConfig(num_steps=steps, guidance_scale=w)).latents
         assert digests(got) == digests(to_pil(decode(pipe.vae, ref)))
+
+
+def test_embedded_model_best_of_n_keeps_the_released_choice():
+    """The folder's default (best of 4 by the model's own answers) through the pipeline picks the same
+    image as the search over candidates sampled by the reference loop."""
+    from janusflow.best_of import search
+    from janusflow.pipeline import JanusFlowPipeline, default_model_dir
+    from janusflow.vae import decode, to_pil
+
+    if default_model_dir() is None:
+        pytest.skip("no embedded model")
+    pipe = JanusFlowPipeline.from_pretrained(default_model_dir(), device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    prompt, n = "a red triangle and a blue circle", pipe.image_generation_config.candidates
+    got = pipe(prompt, generator=0).images  # the default: best of n
+    z0 = initial_noise(n, pipe.model.config, torch.Generator().manual_seed(0))  # candidate c is row c
+
+    def draw(rows):
+        batch = pipe.processor.build_generation_batch([prompt] * len(rows), guidance=True)
+        z = sample_latents(pipe.model, batch.input_ids, batch.attention_mask, z0[rows], SamplerConfig()).latents
+        return to_pil(decode(pipe.vae, z))
+
+    (kept,) = search([prompt], 1, n, pipe.default_judge(), draw)
+    assert kept > 0  # this seed's first candidate fails a check: the search went on
+    assert np.array_equal(np.asarray(got[0]), np.asarray(draw([kept])[0]))
