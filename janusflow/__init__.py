@@ -17,3 +17,19 @@ _register()
 
 __all__ = ["JanusFlowConfig", "JanusFlowForConditionalGeneration", "JanusFlowImageProcessor", "JanusFlowModel",
            "JanusFlowProcessor", "__version__"]
+
+# diffusers-side classes, imported on first use
+_LAZY = {
+    "JanusFlowPipeline": "pipeline",
+    "JanusFlowImg2ImgPipeline": "pipeline_img2img",
+    "JanusFlowInpaintPipeline": "pipeline_img2img",
+    "FlowMatchMidpointScheduler": "schedulers",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -62,6 +62,14 @@ MODEL = (
     arg("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"),
     arg("--dtype", choices=("auto", "fp32", "bf16"), default="auto", help="auto: fp32 on CPU, bf16 on CUDA"),
 )
+SAMPLING = (  # diffusers' names; the older spellings stay as aliases
+    arg("--num-inference-steps", "--steps", dest="num_inference_steps", type=int, default=30, metavar="N",
+        help="ODE steps (alias --steps)"),
+    arg("--guidance-scale", "--cfg", dest="guidance_scale", type=float, default=2.0, metavar="W",
+        help="classifier-free guidance weight w (alias --cfg)"),
+    arg("--num-images-per-prompt", "--n-samples", dest="num_images_per_prompt", type=int, default=1, metavar="K",
+        help="images per prompt (alias --n-samples)"),
+)
 DECODING = (
     arg("--max-new-tokens", type=int, default=512),
     arg("--temperature", type=float, default=0.0, help="0 = greedy"),
@@ -80,6 +88,11 @@ def model_dir(args: argparse.Namespace) -> Path:
         raise NoModelError("no default model is installed yet (janusflow/default_model/); pass --model DIR, a "
                            "JanusFlow folder in our layout or the official one")
     return found
+
+
+def check_images_per_prompt(args: argparse.Namespace) -> None:
+    if args.num_images_per_prompt < 1:
+        raise InputError(f"--num-images-per-prompt (--n-samples) must be at least 1, got {args.num_images_per_prompt}")
 
 
 def torch_dtype(args: argparse.Namespace):
@@ -125,23 +138,30 @@ def parity(args: argparse.Namespace) -> int:
          arg("--out", required=True, metavar="DIR", help="writes DIR/0000.png ... (GenEval: DIR/00000/samples/...)"),
          arg("--geneval-metadata", metavar="FILE", help="one JSON object a line with at least \"prompt\""),
          arg("--vae", metavar="DIR", help="diffusers AutoencoderKL folder (default: MODEL/vae)"),
-         arg("--steps", type=int, default=30), arg("--cfg", type=float, default=2.0, help="guidance weight w"),
-         arg("--seed", type=int, default=0), arg("--n-samples", type=int, default=1),
-         arg("--solver", default="euler", help="euler, heun or midpoint"),
-         arg("--schedule", default="uniform", help="uniform or shifted"),
+         *SAMPLING,
+         arg("--negative-prompt", default=None, metavar="TEXT",
+             help="its rows replace the unconditional rows of guidance (default: the release's pad rows)"),
+         arg("--guidance-interval", nargs=2, type=float, default=None, metavar=("T_LO", "T_HI"),
+             help="guide only for T_LO <= t <= T_HI (t = 0 noise, 1 data); default: every step"),
+         arg("--seed", type=int, default=0),
+         arg("--solver", default="euler", help="euler, heun or midpoint (the scheduler)"),
+         arg("--schedule", default="uniform", help="uniform or shifted (the scheduler's shift 3)"),
          arg("--batch-size", type=int, default=None, help="images sampled together (default: all)"),
          arg("--candidates", type=int, default=None, metavar="N",
-             help="draw each image up to N times and keep the one the model's own answers judge best "
-                  "(shapes-world prompts; 1: plain sampling; default: the model's image_generation_config.json, "
-                  "4 for the embedded model, else 1)"),
+             help="draw each image up to N times and keep the one the judge scores best (1: plain sampling; "
+                  "default: the model's image_generation_config.json, 4 for the embedded model, else 1)"),
+         arg("--judge", default=None, metavar="NAME",
+             help="the best-of judge, a registered name (default: the model's, else shapes: the model's own "
+                  "answers about shapes-world prompts)"),
          *MODEL)
 def generate(args: argparse.Namespace) -> int:
     from .pipeline import JanusFlowPipeline, generate_geneval, generate_to_folder, read_geneval_metadata
     from .sampler import SamplerConfig
 
-    SamplerConfig(args.steps, args.cfg, args.solver, args.schedule).validate()  # before loading anything
-    if args.n_samples < 1:
-        raise InputError(f"--n-samples must be at least 1, got {args.n_samples}")
+    interval = tuple(args.guidance_interval) if args.guidance_interval else None
+    SamplerConfig(args.num_inference_steps, args.guidance_scale, args.solver, args.schedule,
+                  guidance_interval=interval).validate()  # before loading anything
+    check_images_per_prompt(args)
     if args.candidates is not None and args.candidates < 1:
         raise InputError(f"--candidates must be at least 1, got {args.candidates}")
     if (args.prompt is None) == (args.geneval_metadata is None):
@@ -154,21 +174,38 @@ def generate(args: argparse.Namespace) -> int:
     pipe = JanusFlowPipeline.from_pretrained(folder, vae=args.vae, device=args.device, dtype=torch_dtype(args))
     if pipe.vae is None:
         raise InputError(f"no VAE: {folder} has no vae/ folder; pass --vae DIR (a diffusers AutoencoderKL)")
-    settings = dict(num_inference_steps=args.steps, guidance_scale=args.cfg, solver=args.solver,
-                    schedule=args.schedule, batch_size=args.batch_size)
+    settings = dict(num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
+                    solver=args.solver, schedule=args.schedule, batch_size=args.batch_size)
+    if args.negative_prompt is not None:
+        settings["negative_prompt"] = args.negative_prompt
+    if interval is not None:
+        settings["guidance_interval"] = interval
     if args.candidates is not None:  # else the model's default (JanusFlowPipeline.resolve_candidates)
         settings["candidates"] = args.candidates
         if args.candidates > 1:
-            from .shapes.self_check import judge_for
-
-            settings["judge"] = judge_for(pipe)
+            settings["judge"] = best_of_judge(pipe, args.judge)
+    elif args.judge is not None:
+        settings["judge"] = best_of_judge(pipe, args.judge)
+    n = args.num_images_per_prompt
     if args.geneval_metadata:
-        done, skipped = generate_geneval(pipe, args.geneval_metadata, args.out, args.n_samples, args.seed, **settings)
+        done, skipped = generate_geneval(pipe, args.geneval_metadata, args.out, n, args.seed, **settings)
         print(f"wrote {done} prompt folder(s) to {args.out}" + (f" ({skipped} already complete)" if skipped else ""))
     else:
-        for path in generate_to_folder(pipe, args.prompt, args.out, args.n_samples, args.seed, **settings):
+        for path in generate_to_folder(pipe, args.prompt, args.out, n, args.seed, **settings):
             print(path)
     return 0
+
+
+def best_of_judge(pipe, name: str | None):
+    """The judge named on the command line, else the model folder's, else "shapes" (janusflow.judges)."""
+    from .judges import judge_names, make_judge
+
+    if name is None and pipe.default_judge() is not None:
+        return pipe.default_judge()
+    try:
+        return make_judge(name or "shapes", pipe.model, pipe.processor)
+    except KeyError:
+        raise InputError(f"--judge: no judge named {name!r} (known: {judge_names()})") from None
 
 
 @command("ask", "answer a question about images; or a LLaVA question file",
@@ -247,13 +284,16 @@ def chat(args: argparse.Namespace) -> int:
          arg("--model", metavar="DIR", help="model folder (default: the embedded model)"),
          arg("--out", default="janusflow-demo", metavar="DIR", help="where the images go"),
          arg("--prompt", default=None, help="generation prompt (default: a shapes-world prompt)"),
-         arg("--n-samples", type=int, default=4), arg("--steps", type=int, default=30))
+         arg("--num-images-per-prompt", "--n-samples", dest="num_images_per_prompt", type=int, default=4,
+             metavar="K", help="images generated (alias --n-samples)"),
+         arg("--num-inference-steps", "--steps", dest="num_inference_steps", type=int, default=30, metavar="N",
+             help="ODE steps (alias --steps)"))
 def demo(args: argparse.Namespace) -> int:
     from .demo import DEMO_PROMPT, run_demo
 
-    if args.n_samples < 1 or args.steps < 1:
-        raise InputError("--n-samples and --steps must be at least 1")
-    run_demo(args.model, args.out, args.prompt or DEMO_PROMPT, args.n_samples, args.steps)
+    if args.num_images_per_prompt < 1 or args.num_inference_steps < 1:
+        raise InputError("--num-images-per-prompt (--n-samples) and --num-inference-steps (--steps) must be at least 1")
+    run_demo(args.model, args.out, args.prompt or DEMO_PROMPT, args.num_images_per_prompt, args.num_inference_steps)
     return 0
 
 
@@ -275,7 +315,10 @@ def load_extensions() -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     load_extensions()
+    from . import __version__
+
     parser = _Parser(prog=PROG, description="JanusFlow: image understanding and rectified-flow generation")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for c in COMMANDS.values():
         sub = subparsers.add_parser(c.name, help=c.help, description=c.help)

@@ -7,10 +7,12 @@ Convention (the released sampler's): ``t = 0`` is noise, ``t = 1`` is data.
 The model's time embedding reads ``t * TIME_SCALE`` (0..1000). Classifier-free guidance:
     v = w * v_cond - (w - 1) * v_uncond      (w = 1 is the conditional velocity alone)
 diffusers' flow-matching schedulers use ``sigma = 1 - t`` and the velocity ``x0 - x1``;
-:func:`to_diffusers` is the one place that converts.
+:func:`as_scheduler_model` is the one place that converts.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -51,6 +53,22 @@ def rectified_flow_loss(v_pred: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor
     return torch.mean((v_pred.float() - velocity_target(x0, x1).float()) ** 2)
 
 
-def to_diffusers(t: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(t, v) in our convention -> (sigma, model_output) in diffusers' flow-matching convention."""
-    return 1 - t, -v
+def as_scheduler_model(velocity: Callable[[torch.Tensor, float], torch.Tensor], num_train_timesteps: int = 1000
+                       ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Our velocity field ``v(z, t)`` as diffusers' flow-matching schedulers read a model, the one place
+    that converts between the conventions.
+
+    The schedulers run sigma from 1 (noise) to 0 (data) with ``timestep = sigma * num_train_timesteps``
+    and step ``z += (sigma_next - sigma) * model_output``. Here ``sigma = 1 - t``, so
+    ``dz/dsigma = -dz/dt`` and the model output is ``-v``: the step is ``z += (t_next - t) * v``.
+    """
+
+    def model_output(z: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        return -velocity(z, time_from_sigma(float(timestep) / num_train_timesteps))
+
+    return model_output
+
+
+def time_from_sigma(sigma: float | torch.Tensor) -> float:
+    """t = 1 - sigma: where a scheduler's state (its ``sigmas[step_index]``) stands in our time."""
+    return 1.0 - float(sigma)

@@ -10,7 +10,8 @@ so each of its images is the best of up to four samples by the model's own answe
 (``best_of``; the search stops at the first candidate that passes every check). Fields:
 
     candidates   int >= 1   samples drawn per image at most (1: plain sampling)
-    judge        str|null   who scores the candidates: "shapes" (``shapes.self_check.ShapesJudge``);
+    judge        str|null   who scores the candidates: a judge name of :mod:`janusflow.judges` ("shapes":
+                            ``shapes.self_check.ShapesJudge``, registered by ``janusflow.shapes``);
                             needed when candidates > 1
 
 The sampler's own settings (30 Euler steps, guidance 2) are not model-specific and stay as released.
@@ -26,9 +27,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import ConfigError
+from .judges import find_judge, judge_names, make_judge
 
 FILENAME = "image_generation_config.json"
-JUDGES = ("shapes",)
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,8 @@ class ImageGenerationConfig:
         n = self.candidates
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"candidates must be a positive integer, got {n!r}")
-        if self.judge is not None and self.judge not in JUDGES:
-            raise ConfigError(f"judge must be one of {list(JUDGES)} or null, got {self.judge!r}")
+        if self.judge is not None and find_judge(self.judge) is None:
+            raise ConfigError(f"judge must be one of {judge_names()} or null, got {self.judge!r}")
         if n > 1 and self.judge is None:
             raise ConfigError(f"candidates = {n} needs a judge to pick the best of them")
 
@@ -71,10 +72,5 @@ class ImageGenerationConfig:
         return path
 
     def make_judge(self, model, processor):
-        """The judge this config names, reading images with ``model``'s understanding path (or None)."""
-        if self.judge is None:
-            return None
-        from .shapes.self_check import ShapesJudge
-        from .understanding import JanusFlowChat
-
-        return ShapesJudge(JanusFlowChat(model, processor))
+        """The judge this config names, built on ``model`` and ``processor`` (or None)."""
+        return None if self.judge is None else make_judge(self.judge, model, processor)

@@ -3,7 +3,9 @@
 A fixture folder (layout of ``shared/reference/parity-small``) holds an official-format
 ``config.json`` and ``model.safetensors`` and a ``cases.safetensors`` of inputs and outputs for three
 cases: (a) ``und.*`` understanding, (b) ``vel.*`` one guided velocity step, (c) ``gen.*`` the whole
-Euler loop. The model is built from the fixture's config and loaded through the converter; every
+Euler loop, recomputed three ways: the reference loop (full recompute), the reference loop with the
+prompt cache (``@cached``), and what the pipeline runs, diffusers' ``FlowMatchEulerDiscreteScheduler``
+with the prompt cache (``@scheduler``). The model is built from the fixture's config and loaded through the converter; every
 recorded output is recomputed from the recorded inputs and compared (max absolute difference).
 """
 
@@ -94,7 +96,23 @@ def generation_case(model, c: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
         out.update({f"gen.attention_mask{suffix}": result.attention_mask, f"gen.t_steps{suffix}": result.t_steps,
                     f"gen.z_traj{suffix}": result.trajectory, f"gen.v_cfg_traj{suffix}": result.velocities,
                     f"gen.z_final{suffix}": result.latents})
+    out.update(scheduler_case(model, tokens, torch.cat([cond_mask, uncond_mask]), z0, steps, w))
     return out
+
+
+def scheduler_case(model, tokens, attention_mask, z0, steps: int, w: float) -> dict[str, torch.Tensor]:
+    """Case (c) as the pipeline samples: the Euler scheduler's trajectory and final latents."""
+    from .flow import as_scheduler_model
+    from .sampler import SamplerConfig, denoise, guided_field
+    from .schedulers import make_scheduler, set_timesteps
+
+    scheduler = make_scheduler("euler")
+    set_timesteps(scheduler, steps)
+    velocity, _ = guided_field(model, tokens, attention_mask, z0, SamplerConfig(num_steps=steps, guidance_scale=w))
+    trajectory = [z0.float()]
+    z = denoise(as_scheduler_model(velocity), z0.float(), scheduler,
+                after_step=lambda i, timestep, z: trajectory.append(z) or z)
+    return {"gen.z_traj@scheduler": torch.stack(trajectory), "gen.z_final@scheduler": z}
 
 
 def run_parity(folder: str | Path) -> list[Comparison]:

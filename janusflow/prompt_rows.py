@@ -1,5 +1,6 @@
 """Prompt rows as the LLM reads them: left padding, the unconditional rows of classifier-free
-guidance, position ids that count from each row's BOS, and the key mask of a generation sequence.
+guidance (or a negative prompt's rows in their place), position ids that count from each row's BOS,
+and the key mask of a generation sequence.
 
 Batches are LEFT padded (pad id, attention mask 0), so every prompt ends in the last column, where
 the sampler puts the time embedding.
@@ -10,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-
-
 
 
 def make_uncond(
@@ -89,4 +88,23 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
         if len(row):
             ids[i, width - len(row):] = torch.as_tensor(row, dtype=torch.int64)
             mask[i, width - len(row):] = 1
+    return ids, mask
+
+
+def generation_rows(processor, texts: Sequence[str], negatives: Sequence[str] | None, guided: bool
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R, L) ids and mask of the sampler's rows: the B conditional rows of ``texts``, then (guided) B
+    unconditional rows: ``make_uncond``'s (the release), or each row's negative prompt, whose rows then
+    replace them ("" keeps ``make_uncond``'s row). All left padded together."""
+    if not guided or negatives is None:
+        batch = processor.build_generation_batch(list(texts), 1, guidance=guided)
+        return batch.input_ids, batch.attention_mask
+    pad = processor.pad_id
+    cond = [processor.encode_generation_prompt(p) for p in texts]
+    negative = [processor.encode_generation_prompt(n) if n.strip() else c for n, c in zip(negatives, cond)]
+    ids, mask = left_pad(cond + negative, pad)  # (2B, L)
+    B = len(cond)
+    empty = torch.tensor([not n.strip() for n in negatives])
+    uncond_ids, uncond_mask = make_uncond(ids[B:], mask[B:], pad)
+    ids[B:][empty], mask[B:][empty] = uncond_ids[empty], uncond_mask[empty]
     return ids, mask

@@ -28,6 +28,14 @@ behaviour: every step runs the whole sequence) is kept as the reference; tests c
 
 Position ids count from each row's first real token (its BOS), so a row of a left-padded batch
 gets the positions it has alone; the zeros of an unconditional mask do not shift positions.
+
+Guidance interval: with ``guidance_interval = (t_lo, t_hi)`` the velocity is guided only where
+``t_lo <= t <= t_hi``; elsewhere it is ``v_cond`` alone and the unconditional rows are not run (those
+evaluations run half the rows). None (the default) guides every step, as released.
+
+Two loops drive the same guided field: :func:`integrate` (the solvers above, written out: the
+reference) and :func:`denoise` (a diffusers scheduler, :mod:`janusflow.schedulers`: what the
+pipeline runs). Tests check that the Euler scheduler reproduces the reference loop.
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ class SamplerConfig:
     schedule: str = "uniform"  # "uniform" (as released) or "shifted"
     shift: float = 3.0  # for "shifted": sigma' = s*sigma / (1 + (s-1)*sigma), sigma = 1 - t
     use_prompt_cache: bool = True  # False: the full-recompute reference path
+    guidance_interval: tuple[float, float] | None = None  # guide only for t_lo <= t <= t_hi (None: always)
 
     def validate(self) -> None:
         if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps <= 0:
@@ -68,6 +77,7 @@ class SamplerConfig:
             raise InputError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
         if not (isinstance(self.shift, (int, float)) and math.isfinite(self.shift) and self.shift > 0):
             raise InputError(f"shift must be a positive number, got {self.shift!r}")
+        check_guidance_interval(self.guidance_interval)
 
     @property
     def guided(self) -> bool:
@@ -77,6 +87,16 @@ class SamplerConfig:
     def evaluations(self) -> int:
         """Velocity evaluations (model calls) of one sampling run."""
         return self.num_steps * SOLVERS[self.solver]
+
+
+def check_guidance_interval(interval) -> None:
+    if interval is None:
+        return
+    ok = isinstance(interval, (tuple, list)) and len(interval) == 2 and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in interval)
+    if not ok or not 0 <= interval[0] <= interval[1] <= 1:
+        raise InputError(f"guidance_interval must be (t_lo, t_hi) with 0 <= t_lo <= t_hi <= 1 (t = 0 noise, "
+                         f"t = 1 data), got {interval!r}")
 
 
 def time_grid(cfg: SamplerConfig) -> list[float]:
@@ -126,35 +146,42 @@ class VelocityField:
 
         return DynamicCache(config=self.model.language_model.config)
 
-    def _prompt_cache(self):
-        """A cache holding only the prompt's keys/values (a step appends its own, so one per step)."""
+    def _prompt_cache(self, rows: int):
+        """A cache holding only the first ``rows`` rows of the prompt's keys/values (a step appends its
+        own, so one per step)."""
         cache = self._new_cache()
         for i, (keys, values) in enumerate(self.prompt_kv):
-            cache.update(keys, values, i)
+            cache.update(keys[:rows], values[:rows], i)
         return cache
 
     def __call__(self, z: torch.Tensor, t: float) -> torch.Tensor:
-        """Velocity (fp32) for every row; ``z`` is (R, C, H, W), ``t`` in [0, 1]. The model runs in its
-        own dtype; the ODE state stays fp32 (bf16 Euler updates would round away small steps)."""
-        t_in = torch.full((z.shape[0],), t * TIME_SCALE, dtype=torch.float32, device=z.device)
+        """Velocity (fp32) of the first ``z.shape[0]`` rows (all of them, or the conditional half);
+        ``z`` is (r, C, H, W), ``t`` in [0, 1]. The model runs in its own dtype; the ODE state stays fp32
+        (bf16 Euler updates would round away small steps)."""
+        r = z.shape[0]
+        t_in = torch.full((r,), t * TIME_SCALE, dtype=torch.float32, device=z.device)
         z = z.to(self.model.dtype)
         if self.prompt_kv is None:  # reference: the whole sequence, every step
-            out = self.model.forward_generation(self.prefix, z, t_in, attention_mask=self.mask,
-                                                position_ids=self.positions)
+            out = self.model.forward_generation(self.prefix[:r], z, t_in, attention_mask=self.mask[:r],
+                                                position_ids=self.positions[:r])
         else:
-            out = self.model.forward_generation(None, z, t_in, attention_mask=self.mask,
-                                                position_ids=self.positions[:, self.prefix_len:],
-                                                cache=self._prompt_cache())
+            out = self.model.forward_generation(None, z, t_in, attention_mask=self.mask[:r],
+                                                position_ids=self.positions[:r, self.prefix_len:],
+                                                cache=self._prompt_cache(r))
         return out.velocity.float()
 
 
-def with_guidance(field: VelocityField, w: float) -> Callable[[torch.Tensor, float], torch.Tensor]:
+def with_guidance(field: VelocityField, w: float, interval: tuple[float, float] | None = None
+                  ) -> Callable[[torch.Tensor, float], torch.Tensor]:
     """The guided velocity of B latents: w = 1 runs the field's B conditional rows alone; otherwise
-    one batch of 2B rows (cond then uncond, the same latents) and v = w v_cond - (w - 1) v_uncond."""
+    one batch of 2B rows (cond then uncond, the same latents) and v = w v_cond - (w - 1) v_uncond,
+    for t inside ``interval`` (t_lo <= t <= t_hi) when one is given, v_cond alone outside it."""
     if w == 1.0:
         return field
 
     def velocity(z: torch.Tensor, t: float) -> torch.Tensor:
+        if interval is not None and not interval[0] <= t <= interval[1]:
+            return field(z, t)  # the B conditional rows only
         v_cond, v_uncond = field(torch.cat([z, z]), t).chunk(2)
         return guided_velocity(v_cond, v_uncond, w)
 
@@ -171,7 +198,20 @@ def sample_latents(
     record: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> SampleResult:
-    """Integrate dz/dt = v(z, t) from t = 0 (noise, ``z0``) to t = 1 (data)."""
+    """Integrate dz/dt = v(z, t) from t = 0 (noise, ``z0``) to t = 1 (data) with the reference loop."""
+    velocity, field = guided_field(model, tokens, attention_mask, z0, cfg)
+    z, trajectory, velocities = integrate(velocity, z0.float(), cfg, record, progress)
+    result = SampleResult(latents=z, attention_mask=field.mask)
+    if record:
+        result.trajectory, result.velocities = trajectory, velocities
+        result.t_steps = torch.tensor([t * TIME_SCALE for t in time_grid(cfg)[:-1]], dtype=torch.float32)
+    return result
+
+
+def guided_field(model, tokens: torch.Tensor, attention_mask: torch.Tensor, z0: torch.Tensor, cfg: SamplerConfig
+                 ) -> tuple[Callable[[torch.Tensor, float], torch.Tensor], VelocityField]:
+    """(guided velocity of the B latents ``z0`` is shaped like, the field of the prompt rows), the
+    rows checked against the latents: B conditional rows, then B unconditional ones when guided."""
     cfg.validate()
     B = z0.shape[0]
     C = model.config.gen_vision.latent_channels
@@ -186,13 +226,7 @@ def sample_latents(
         tokens, attention_mask = tokens[:B], attention_mask[:B]  # w = 1: no unconditional pass at all
     N = model.config.gen_vision.grid_for(z0.shape[-1]) * model.config.gen_vision.grid_for(z0.shape[-2])
     field = VelocityField(model, tokens, attention_mask, N, cfg.use_prompt_cache)
-    velocity = with_guidance(field, cfg.guidance_scale)
-    z, trajectory, velocities = integrate(velocity, z0.float(), cfg, record, progress)
-    result = SampleResult(latents=z, attention_mask=field.mask)
-    if record:
-        result.trajectory, result.velocities = trajectory, velocities
-        result.t_steps = torch.tensor([t * TIME_SCALE for t in time_grid(cfg)[:-1]], dtype=torch.float32)
-    return result
+    return with_guidance(field, cfg.guidance_scale, cfg.guidance_interval), field
 
 
 def integrate(
@@ -224,6 +258,33 @@ def integrate(
     if not record:
         return z, None, None
     return z, torch.stack(trajectory), torch.stack(velocities)
+
+
+def denoise(
+    model_output: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    z: torch.Tensor,
+    scheduler,
+    begin_index: int = 0,
+    after_step: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    interrupted: Callable[[], bool] | None = None,
+) -> torch.Tensor:
+    """The scheduler loop: ``z`` (fp32) from ``scheduler.timesteps[begin_index]`` to the end of its grid
+    (timesteps already set). ``model_output(z, timestep)`` is in the scheduler's convention
+    (:func:`janusflow.flow.as_scheduler_model`); ``after_step(i, timestep, z)`` may replace the latents
+    after each scheduler step (a callback, the inpainting's known region); ``interrupted()`` True skips
+    the remaining steps (diffusers' ``pipe.interrupt``)."""
+    scheduler.set_begin_index(begin_index)
+    timesteps = scheduler.timesteps[begin_index:]
+    for i, timestep in enumerate(timesteps):
+        if interrupted is not None and interrupted():
+            continue
+        z = scheduler.step(model_output(z, timestep), timestep, z).prev_sample
+        if after_step is not None:
+            z = after_step(i, timestep, z)
+        if progress is not None:
+            progress(i + 1, len(timesteps))
+    return z
 
 
 def initial_noise(num: int, config, generator: torch.Generator | list[torch.Generator] | None = None,

@@ -2,8 +2,8 @@
 
 Latents leave the sampler in the model's space (``x1 = VAE latent * scaling_factor``, see
 :mod:`janusflow.flow`), so decoding is ``vae.decode(z / scaling_factor + shift_factor)`` (shift 0
-when the VAE has none, as SDXL), then pixels ``x in [-1, 1] -> uint8((x + 1) / 2 * 255)``,
-truncated as the released sampler does.
+when the VAE has none, as SDXL), then pixels ``x in [-1, 1] -> uint8((x + 1) / 2 * 255)``, truncated
+as the released sampler does. Encoding (img2img) is the inverse on the posterior's mode.
 
 Precision: the SDXL VAE overflows in fp16 (NaN images), so the VAE never runs in fp16. It runs in
 fp32, except bf16 on CUDA when asked for explicitly. Non-finite latents (a diverged sampler, a bad
@@ -61,10 +61,20 @@ def check_finite(latents: torch.Tensor, what: str = "latents") -> None:
             f"broken (fp16 overflow?); try fp32 or bf16")
 
 
+def onload(module) -> None:
+    """Move a module under accelerate's CPU offload (``enable_model_cpu_offload``) to its execution device
+    now, before its device is read, as diffusers' ``apply_forward_hook`` does for calls other than
+    ``forward``; a no-op without offload."""
+    hook = getattr(module, "_hf_hook", None)
+    if hook is not None and hasattr(hook, "pre_forward"):
+        hook.pre_forward(module)
+
+
 @torch.inference_mode()
 def decode(vae, latents: torch.Tensor) -> torch.Tensor:
     """Sampler latents (B, C, H, W) -> images (B, 3, 8H, 8W) in [-1, 1], float32 on the CPU."""
     check_finite(latents)
+    onload(vae)
     C = vae.config.latent_channels
     if latents.ndim != 4 or latents.shape[1] != C:
         raise CheckpointError(f"the VAE takes {C}-channel latents; the model made {tuple(latents.shape)}")
@@ -73,6 +83,16 @@ def decode(vae, latents: torch.Tensor) -> torch.Tensor:
     images = vae.decode(z).sample.float().clamp_(-1, 1).cpu()
     check_finite(images, "decoded images")
     return images
+
+
+@torch.inference_mode()
+def encode(vae, images: torch.Tensor) -> torch.Tensor:
+    """Images (B, 3, H, W) in [-1, 1] -> latents (B, C, H/f, W/f) in the model's space, fp32: the mode of
+    the VAE's posterior, ``(mode - shift_factor) * scaling_factor`` (what training encodes)."""
+    onload(vae)
+    mode = vae.encode(images.to(device=vae.device, dtype=vae.dtype)).latent_dist.mode()
+    shift = vae.config.shift_factor or 0.0
+    return ((mode.float() - shift) * vae.config.scaling_factor).contiguous()  # the encoder's layout may not be
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

@@ -50,7 +50,8 @@ def run(capsys, *argv):
 def test_parity_passes_on_the_fixture(capsys):
     code, out, _ = run(capsys, "parity", FIXTURE)
     lines = out.strip().splitlines()
-    assert code == 0 and lines[-1].startswith("25/25")
+    assert code == 0 and lines[-1].startswith("27/27")  # case (c) also through the pipeline's Euler scheduler
+    assert any(line.startswith("gen.z_final@scheduler ") and line.endswith("ok") for line in lines)
     assert any(line.startswith("gen.z_final ") and line.endswith("ok") for line in lines)
 
 
@@ -63,7 +64,7 @@ def test_parity_fails_on_a_wrong_fixture(capsys, tmp_path):
     code, out, _ = run(capsys, "parity", bad)
     assert code == 1
     failed = [line for line in out.splitlines() if line.endswith("FAIL")]
-    assert len(failed) == 2 and all(line.startswith("gen.z_final") for line in failed)
+    assert len(failed) == 3 and all(line.startswith("gen.z_final") for line in failed)  # @cached, @scheduler
 
 
 # -- generate -------------------------------------------------------------------------------------------
@@ -80,6 +81,65 @@ def test_generate_writes_pngs(capsys, model_dir, tmp_path):
                     generator=5).images
     for path, image in zip(paths, expected):
         assert np.array_equal(np.asarray(Image.open(path)), np.asarray(image))
+
+
+def test_generate_new_flag_names_equal_the_old_spellings(capsys, model_dir, tmp_path):
+    old = run(capsys, "generate", "a red circle", "--out", tmp_path / "old", "--model", model_dir,
+              "--steps", 2, "--n-samples", 2, "--cfg", 3.0)
+    new = run(capsys, "generate", "a red circle", "--out", tmp_path / "new", "--model", model_dir,
+              "--num-inference-steps", 2, "--num-images-per-prompt", 2, "--guidance-scale", 3.0)
+    assert old[0] == new[0] == 0
+    for k in range(2):
+        assert (tmp_path / "old" / f"000{k}.png").read_bytes() == (tmp_path / "new" / f"000{k}.png").read_bytes()
+
+
+def test_generate_negative_prompt_and_guidance_interval(capsys, model_dir, tmp_path):
+    pipe = JanusFlowPipeline.from_pretrained(model_dir, device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    code, _, err = run(capsys, "generate", "a red circle", "--out", tmp_path / "o", "--model", model_dir,
+                       "--num-inference-steps", 3, "--negative-prompt", "a blue square",
+                       "--guidance-interval", 0.2, 0.8)
+    assert code == 0, err
+    expected = pipe("a red circle", num_inference_steps=3, negative_prompt="a blue square", guidance_interval=(0.2, 0.8),
+                    generator=0).images[0]
+    plain = pipe("a red circle", num_inference_steps=3, generator=0).images[0]
+    got = np.asarray(Image.open(tmp_path / "o" / "0000.png"))
+    assert np.array_equal(got, np.asarray(expected)) and not np.array_equal(got, np.asarray(plain))
+    code, _, err = run(capsys, "generate", "x", "--out", tmp_path / "o2", "--model", model_dir,
+                       "--guidance-interval", 0.8, 0.2)
+    assert code == 1 and "guidance_interval" in err
+    code, _, err = run(capsys, "generate", "x", "--out", tmp_path / "o3", "--model", model_dir,
+                       "--candidates", 2, "--judge", "nobody")
+    assert code == 1 and "no judge named 'nobody'" in err
+
+
+def test_version(capsys):
+    from janusflow import __version__
+
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.strip() == f"janusflow {__version__}"
+
+
+def test_help_names_the_new_flags_and_their_aliases(capsys):
+    for command in (["generate"], ["demo"], ["eval", "shapes"]):
+        code, out, _ = run(capsys, *command, "--help")
+        flat = " ".join(out.split())
+        assert code == 0
+        assert "--num-inference-steps N, --steps N" in flat, command
+        if command != ["demo"]:
+            assert "--guidance-scale W, --cfg W" in flat, command
+    assert "--num-images-per-prompt K, --n-samples K" in " ".join(run(capsys, "generate", "--help")[1].split())
+    assert "--num-images-per-prompt K, --images-per-prompt K" in " ".join(run(capsys, "eval", "shapes", "--help")[1].split())
+
+
+def test_eval_shapes_takes_the_sampler_flags(capsys, model_dir, tmp_path):
+    code, _, err = run(capsys, "eval", "shapes", "--model", model_dir, "--out", tmp_path / "e", "--prompts-per-category",
+                       1, "--num-images-per-prompt", 1, "--questions", 2, "--num-inference-steps", 1,
+                       "--guidance-scale", 1.5, "--threads", 1, "--candidates", 1)
+    assert code == 0, err
+    settings = json.loads((tmp_path / "e" / "results.json").read_text())["settings"]
+    assert (settings["num_inference_steps"], settings["guidance_scale"], settings["images_per_prompt"]) == (1, 1.5, 1)
+    assert run(capsys, "eval", "shapes", "--model", model_dir, "--out", tmp_path / "e2", "--steps", 0)[0] == 1
 
 
 def test_generate_geneval_layout(capsys, model_dir, tmp_path):

@@ -8,8 +8,12 @@ scorer for both tasks. Random functions take a `numpy.random.Generator` as `rng`
     prompts    PromptSpec, all_prompts, sample_prompt, parse_prompt, caption_for_scene
     questions  questions_for_scene, sample_question, describe, score_answer
     scorer     detect_objects, passes, score_image, score_generation, score_understanding
+
+Importing the package registers the best-of judge "shapes" (``self_check.ShapesJudge``) with
+:mod:`janusflow.judges`.
 """
 
+from ..judges import register_judge
 from .prompts import PromptSpec, all_prompts, caption_for_scene, parse_prompt, sample_prompt, true_prompts
 from .questions import FORMS, QA, describe, parse_description, questions_for_scene, sample_question, score_answer
 from .render import render, render_array, shape_mask
@@ -22,6 +26,16 @@ from .world import (
     BACKGROUND, CATEGORIES, COLORS, IMAGE_SIZE, NUMBER_WORDS, PALETTE, PLURALS, RELATIONS, SHAPES,
     Obj, Scene, boxes_apart, inside_canvas, relation_holds,
 )
+
+
+
+def _shapes_judge(model, processor):  # the self-check imports the understanding stack: only when a judge is made
+    from .self_check import shapes_judge
+
+    return shapes_judge(model, processor)
+
+
+register_judge("shapes", _shapes_judge)  # image_generation_config.json: {"judge": "shapes"}
 
 __all__ = [
     "BACKGROUND", "CATEGORIES", "COLORS", "FORMS", "IMAGE_SIZE", "NUMBER_WORDS", "PALETTE",

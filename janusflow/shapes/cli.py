@@ -1,7 +1,8 @@
 """``janusflow eval shapes``: the shapes-world scores of a model, through the public file layouts.
 
-    janusflow eval shapes [--model DIR] [--out DIR] [--prompts-per-category 50] [--images-per-prompt 4]
-                          [--questions 1000] [--seed 0] [--candidates N]
+    janusflow eval shapes [--model DIR] [--out DIR] [--prompts-per-category 50] [--num-images-per-prompt 4]
+                          [--questions 1000] [--seed 0] [--candidates N] [--num-inference-steps 30]
+                          [--guidance-scale 2.0]
 
 Generation: the GenEval metadata of ``evaluate.geneval_metadata`` (every category, its prompts
 cycled) -> ``pipeline.generate_geneval`` (what ``janusflow generate --geneval-metadata`` runs; prompt i
@@ -191,7 +192,12 @@ def format_results(results: dict[str, Any]) -> str:
          arg("--model", metavar="DIR", help="model folder; default: the embedded model"),
          arg("--out", default="runs/eval-shapes", metavar="DIR", help="images, answers and results.json"),
          arg("--prompts-per-category", type=int, default=50),
-         arg("--images-per-prompt", type=int, default=4),
+         arg("--num-images-per-prompt", "--images-per-prompt", dest="images_per_prompt", type=int, default=4,
+             metavar="K", help="images per prompt (alias --images-per-prompt)"),
+         arg("--num-inference-steps", "--steps", dest="num_inference_steps", type=int, default=DEFAULT_STEPS,
+             metavar="N", help="ODE steps (alias --steps)"),
+         arg("--guidance-scale", "--cfg", dest="guidance_scale", type=float, default=DEFAULT_GUIDANCE, metavar="W",
+             help="classifier-free guidance weight (alias --cfg)"),
          arg("--questions", type=int, default=1000),
          arg("--seed", type=int, default=0),
          arg("--batch-size", type=int, default=8, help="questions answered together"),
@@ -210,9 +216,13 @@ def eval_main(args: argparse.Namespace) -> int:
             raise InputError(f"--threads must be at least 1, got {args.threads}")
 
         torch.set_num_threads(args.threads)
+    from ..sampler import SamplerConfig
+
+    SamplerConfig(args.num_inference_steps, args.guidance_scale).validate()
     folder = model_dir(args)
     results = evaluate_shapes(folder, args.out, args.prompts_per_category, args.images_per_prompt, args.questions,
-                              args.seed, batch_size=args.batch_size, device=args.device, candidates=args.candidates)
+                              args.seed, steps=args.num_inference_steps, guidance=args.guidance_scale,
+                              batch_size=args.batch_size, device=args.device, candidates=args.candidates)
     print(format_results(results))
     print(f"results: {Path(args.out) / 'results.json'}")
     return 0

@@ -24,7 +24,9 @@ answers the prompt fixes, and scores it by the share of checks the model's own g
 
 The model counts to four (the world's scenes hold one to four objects), so a fifth object of the
 counted shape goes unseen. Used by ``best_of``: ``pipe(prompt, candidates=4, judge=ShapesJudge(chat))``;
-a candidate that passes every check (score ``perfect`` = 1) ends its image's search.
+a candidate that passes every check (score ``perfect`` = 1) ends its image's search. Registered as the
+judge "shapes" (:mod:`janusflow.judges`) when ``janusflow.shapes`` is imported, so a model folder's
+``image_generation_config.json`` can name it.
 """
 
 from __future__ import annotations
@@ -119,6 +121,13 @@ class ShapesJudge:
                  if (q := relation_question(spec, *got[len(checks):])) is not None}
         replies = dict(zip(asked, self.ask([(images[i], q) for i, q in asked.items()])))
         return [(n + (replies.get(i) == "yes")) / (len(checks) + 1) for i, n in enumerate(passed)]
+
+
+def shapes_judge(model, processor) -> ShapesJudge:
+    """The judge registered as "shapes" (:mod:`janusflow.judges`): this self-check on the model's own chat."""
+    from ..understanding import JanusFlowChat
+
+    return ShapesJudge(JanusFlowChat(model, processor))
 
 
 def judge_for(pipe, chat=None):
