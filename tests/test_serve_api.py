@@ -94,6 +94,22 @@ def test_generate_returns_png_images_reproducible_by_seed(client):
     assert other["images"] != data["images"]
 
 
+def test_generate_takes_the_library_vocabulary_and_the_old_names(client):
+    new = {"prompt": "a red circle", "num_inference_steps": 2, "guidance_scale": 1.5, "num_images_per_prompt": 2,
+           "seed": 11}
+    old = {"prompt": "a red circle", "steps": 2, "guidance_scale": 1.5, "num_images": 2, "seed": 11}
+    first = client.post("/v1/generate", json=new)
+    assert first.status_code == 200, first.text
+    assert len(first.json()["images"]) == 2
+    assert client.post("/v1/generate", json=old).json()["images"] == first.json()["images"]
+    both = client.post("/v1/generate", json={**new, "steps": 2, "num_images": 2})  # the same values twice
+    assert both.json()["images"] == first.json()["images"]
+    for old_name, value in (("steps", 3), ("num_images", 1), ("steps", 2.0), ("num_images", True)):
+        clash = client.post("/v1/generate", json={**new, old_name: value})
+        assert clash.status_code == 400, clash.text
+        assert clash.json()["field"] == old_name and "disagree" in clash.json()["error"]
+
+
 def test_generate_without_seed_reports_the_seed_it_drew(client):
     body = {"prompt": "a green triangle", "steps": 2}
     data = client.post("/v1/generate", json=body).json()
@@ -166,6 +182,8 @@ BAD_REQUESTS = [
     ("/v1/generate", {"prompt": 5}, 422, "prompt"),
     ("/v1/generate", {"prompt": "<begin_of_image> a"}, 422, "prompt"),  # a reserved token, refused by the processor
     ("/v1/generate", {"prompt": "x", "steps": 0}, 422, "steps"),
+    ("/v1/generate", {"prompt": "x", "num_inference_steps": 9}, 422, "num_inference_steps"),
+    ("/v1/generate", {"prompt": "x", "num_images_per_prompt": 4}, 422, "num_images_per_prompt"),
     ("/v1/generate", {"prompt": "x", "steps": 9}, 422, "steps"),
     ("/v1/generate", {"prompt": "x", "steps": "3"}, 422, "steps"),
     ("/v1/generate", {"prompt": "x", "steps": 2.5}, 422, "steps"),
@@ -253,9 +271,9 @@ def test_openapi_states_the_configured_limits(client, limits):
     spec = client.get("/openapi.json").json()
     assert {"/v1/generate", "/v1/ask", "/health"} <= set(spec["paths"])
     generate = spec["components"]["schemas"]["GenerateRequest"]["properties"]
-    assert generate["steps"]["maximum"] == limits.max_steps
+    assert generate["num_inference_steps"]["maximum"] == limits.max_steps
     assert generate["prompt"]["maxLength"] == limits.max_prompt_chars
-    assert generate["num_images"]["maximum"] == limits.max_images_per_request
+    assert generate["num_images_per_prompt"]["maximum"] == limits.max_images_per_request
     assert set(generate["solver"]["enum"]) == {"euler", "heun", "midpoint"}
     ask = spec["components"]["schemas"]["AskRequest"]["properties"]
     assert ask["max_new_tokens"]["maximum"] == limits.max_new_tokens

@@ -25,14 +25,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import JanusFlowError
 from .engine import Engine
 from .limits import ServeLimits
-from .schemas import (AskResponse, ErrorResponse, GenerateResponse, HealthResponse, ServeError,
+from .schemas import (CONFLICT, AskResponse, ErrorResponse, GenerateResponse, HealthResponse, ServeError,
                       decode_image_base64, encode_png_base64, request_models)
 from .worker import Cancelled, ModelWorker, QueueFull, RequestTimeout
 
 log = logging.getLogger("janusflow.serve")
 
 ERROR_RESPONSES = {
-    400: {"model": ErrorResponse, "description": "the body is not valid JSON"},
+    400: {"model": ErrorResponse, "description": "the body is not valid JSON, or gives a setting under its old "
+                                                 "and new names with different values"},
     413: {"model": ErrorResponse, "description": "the body or the image is over a size limit"},
     415: {"model": ErrorResponse, "description": "the image is neither PNG nor JPEG"},
     422: {"model": ErrorResponse, "description": "a field is missing, malformed or out of bounds"},
@@ -162,6 +163,9 @@ def create_app(engine: Engine, limits: ServeLimits | None = None, *, ui: bool = 
         field = _field_of(tuple(first.get("loc", ())))
         if first.get("type") == "json_invalid":
             return error_response(400, "body", f"the body is not valid JSON ({first.get('msg')})")
+        conflict = next((err for err in errors if err.get("type") == CONFLICT), None)
+        if conflict is not None:
+            return error_response(400, conflict["ctx"]["old"], conflict["msg"])
         if first.get("type") == "string_too_long" and field == "image":
             return error_response(413, field, f"the image is over the limit of {limits.max_image_bytes} bytes")
         what = f"{field}: " if field else ""
@@ -185,8 +189,9 @@ def create_app(engine: Engine, limits: ServeLimits | None = None, *, ui: bool = 
         seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
 
         def work(job):
-            return engine.generate(body.prompt, body.num_images, body.steps, body.guidance_scale, seed,
-                                   body.solver, progress=job.progress, candidates=body.candidates)
+            return engine.generate(body.prompt, body.num_images_per_prompt, body.num_inference_steps,
+                                   body.guidance_scale, seed, body.solver, progress=job.progress,
+                                   candidates=body.candidates)
 
         images = await run_on_model(worker, work, "prompt")
         encoded = await run_in_threadpool(lambda: [encode_png_base64(image) for image in images])

@@ -27,9 +27,10 @@ Turn = tuple[str, str]  # (question, answer) of an earlier turn of the same chat
 class Engine(Protocol):
     default_candidates: int  # what ``candidates=None`` means: the model's image_generation_config.json
 
-    def generate(self, prompt: str, num_images: int, steps: int, guidance_scale: float, seed: int,
-                 solver: str, progress: Progress | None = None, candidates: int | None = None) -> list[Image.Image]:
-        """``num_images`` images for one prompt; the same seed gives the same images. ``candidates`` > 1:
+    def generate(self, prompt: str, num_images_per_prompt: int, num_inference_steps: int, guidance_scale: float,
+                 seed: int, solver: str, progress: Progress | None = None,
+                 candidates: int | None = None) -> list[Image.Image]:
+        """``num_images_per_prompt`` images for one prompt; the same seed gives the same images. ``candidates`` > 1:
         each image is the best of up to that many by the model's self-check (``best_of``); None: the
         model's default."""
 
@@ -83,13 +84,14 @@ class ModelEngine:
     def default_candidates(self) -> int:
         return self.pipe.image_generation_config.candidates
 
-    def generate(self, prompt: str, num_images: int, steps: int, guidance_scale: float, seed: int,
-                 solver: str, progress: Progress | None = None, candidates: int | None = None) -> list[Image.Image]:
+    def generate(self, prompt: str, num_images_per_prompt: int, num_inference_steps: int, guidance_scale: float,
+                 seed: int, solver: str, progress: Progress | None = None,
+                 candidates: int | None = None) -> list[Image.Image]:
         from ..shapes.self_check import judge_for
 
         judge = judge_for(self.pipe, self.chat) if candidates is not None and candidates > 1 else None  # None: default
-        return self.pipe(prompt, num_inference_steps=steps, guidance_scale=float(guidance_scale),
-                         num_images_per_prompt=num_images, generator=seed, solver=solver, output_type="pil",
+        return self.pipe(prompt, num_inference_steps=num_inference_steps, guidance_scale=float(guidance_scale),
+                         num_images_per_prompt=num_images_per_prompt, generator=seed, solver=solver, output_type="pil",
                          callback=progress, candidates=candidates, judge=judge).images
 
     def ask(self, image: Image.Image, question: str, max_new_tokens: int, streamer=None,

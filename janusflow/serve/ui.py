@@ -119,16 +119,20 @@ def build_ui(engine: Engine, worker: ModelWorker, limits: ServeLimits) -> gr.Blo
         except (ValueError, ServeError, QueueFull, RequestTimeout, Cancelled, JanusFlowError) as e:
             raise _user_error(e) from None
 
-    def generate(prompt, steps, guidance_scale, seed, num_images, solver, candidates, progress=gr.Progress()):
+    def generate(prompt, num_inference_steps, guidance_scale, seed, num_images_per_prompt, solver, candidates,
+                 progress=gr.Progress()):
         try:
             seed = None if seed is None or int(seed) < 0 else int(seed)
-            body = GenerateRequest(prompt=prompt or "", steps=int(steps), guidance_scale=float(guidance_scale),
-                                   seed=seed, num_images=int(num_images), solver=solver, candidates=int(candidates))
+            body = GenerateRequest(prompt=prompt or "", num_inference_steps=int(num_inference_steps),
+                                   guidance_scale=float(guidance_scale), seed=seed,
+                                   num_images_per_prompt=int(num_images_per_prompt), solver=solver,
+                                   candidates=int(candidates))
             seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
             progress(0, desc="waiting for the model")
-            job = worker.submit(lambda job: engine.generate(body.prompt, body.num_images, body.steps,
-                                                            body.guidance_scale, seed, body.solver,
-                                                            progress=job.progress, candidates=body.candidates))
+            job = worker.submit(lambda job: engine.generate(body.prompt, body.num_images_per_prompt,
+                                                            body.num_inference_steps, body.guidance_scale, seed,
+                                                            body.solver, progress=job.progress,
+                                                            candidates=body.candidates))
 
             def show(job):
                 if job.steps_total:
