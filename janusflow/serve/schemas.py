@@ -22,11 +22,13 @@ DATA_URL_PREFIX_CHARS = 64  # room for "data:image/jpeg;base64," before the base
 
 
 class ServeError(Exception):
-    """A request the server refuses: HTTP ``status``, the ``field`` at fault and why."""
+    """A request the server refuses: HTTP ``status``, the ``field`` at fault and why; ``code`` names the
+    kind of refusal for the OpenAI-compatible routes (``queue_full``, ``timeout``, ...)."""
 
-    def __init__(self, status: int, field: Optional[str], message: str, headers: Optional[dict] = None):
+    def __init__(self, status: int, field: Optional[str], message: str, headers: Optional[dict] = None,
+                 code: Optional[str] = None):
         super().__init__(message)
-        self.status, self.field, self.message, self.headers = status, field, message, headers or {}
+        self.status, self.field, self.message, self.headers, self.code = status, field, message, headers or {}, code
 
 
 class ErrorResponse(BaseModel):

@@ -29,7 +29,7 @@ INTRO = ("One model that answers questions about images (autoregression) and dra
 def stream_on_worker(worker: ModelWorker, engine: Engine, image, question: str, max_new_tokens: int,
                      history: Sequence[Turn] = ()) -> Iterator[str]:
     """Queue ``engine.ask`` on the worker and yield the answer's text as it is produced."""
-    from .app import CancelCheck
+    from .jobs import CancelCheck
 
     streamer = text_streamer(engine, timeout=0.1)
 
