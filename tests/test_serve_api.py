@@ -36,6 +36,7 @@ from janusflow.serve.limits import ServeLimits  # noqa: E402
 from janusflow.serve.tiny_model import build_tiny_model_folder  # noqa: E402
 from janusflow.serve.ui import stream_on_worker, turns_of  # noqa: E402
 from janusflow.serve.worker import ModelWorker, QueueFull, RequestTimeout  # noqa: E402
+from serve_helpers import BlockingFakeEngine  # noqa: E402
 
 
 def png_bytes(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
@@ -312,35 +313,6 @@ def test_serve_command_refuses_bad_arguments_in_one_line(capsys):
 
 
 # -- queue and timeouts (fake engine) ---------------------------------------------------------------------
-
-class BlockingFakeEngine:
-    """A fake engine for the concurrency tests only: ``generate`` blocks until released (checking for
-    cancellation after every "step", as the real sampler does); ``ask`` hangs ignoring cancellation."""
-
-    default_candidates = 1
-
-    def __init__(self):
-        self.release = threading.Event()
-        self.started = threading.Semaphore(0)
-        self.calls = 0
-
-    def generate(self, prompt, num_images, steps, guidance_scale, seed, solver, progress=None, candidates=None):
-        self.calls += 1
-        self.started.release()
-        step = 0
-        while not self.release.wait(0.01):
-            step += 1
-            if progress is not None:
-                progress(step, 10**9)
-        return [Image.new("RGB", (8, 8), (seed % 256, 0, 0))] * num_images
-
-    def ask(self, image, question, max_new_tokens, streamer=None, history=()):
-        time.sleep(1.0)
-        return "late"
-
-    def stream_answer(self, image, question, max_new_tokens, history=()):
-        yield self.ask(image, question, max_new_tokens)
-
 
 def test_full_queue_gets_503_with_retry_after():
     engine = BlockingFakeEngine()

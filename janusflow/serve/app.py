@@ -61,14 +61,28 @@ def refusal(path: str, status: int, field: str | None, message: str, headers: di
     """The refusal in the shape of the route asked: OpenAI's error object, or today's ``{error, field}``."""
     if not is_openai_path(path):
         return error_response(status, field, message, headers)
+    code = code or {413: "too_large", 415: "unsupported_image_format"}.get(status, "invalid_value" if status < 500 else None)
     status = openai_status(status, code)
     return JSONResponse(openai_error_body(status, message, field, code), status_code=status, headers=headers)
 
 
-def _field_of(loc: tuple) -> str | None:
-    """('body', 'steps') -> 'steps'; ('body',) -> 'body' (the body as a whole)."""
-    parts = [str(p) for p in loc[1:]] if loc and loc[0] == "body" else [str(p) for p in loc]
-    return ".".join(parts) or "body"
+UNION_TAGS = {"system", "developer", "user", "assistant", "text", "image_url"}  # the OpenAI bodies' tags
+TYPE_STEPS = {"str", "int", "float", "bool", "list", "dict", "none", "constrained-str", "constrained-int",
+              "constrained-float", "constrained-list"}
+
+
+def _field_of(loc: tuple) -> str:
+    """('body', 'steps') -> 'steps'; ('body',) -> 'body' (the body as a whole). Steps pydantic adds
+    for unions are left out: ('body', 'messages', 0, 'user', 'content', 'str') -> 'messages.0.content'
+    (the message's role tag, and which member of ``str | list`` was tried)."""
+    parts = list(loc[1:]) if loc and loc[0] == "body" else list(loc)
+    kept = []
+    for i, part in enumerate(parts):
+        if isinstance(part, str) and ("[" in part or part in TYPE_STEPS or
+                                      (part in UNION_TAGS and i and isinstance(parts[i - 1], int))):
+            continue
+        kept.append(str(part))
+    return ".".join(kept) or "body"
 
 
 class BodyLimitMiddleware:
@@ -173,6 +187,8 @@ def create_app(engine: Engine, limits: ServeLimits | None = None, *, ui: bool = 
         path = request.url.path
         errors = e.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        if is_openai_path(path):  # of a union's errors, the one about the member that was meant (not "not a str")
+            first = next((err for err in errors if not err.get("type", "").endswith("_type")), first)
         field = _field_of(tuple(first.get("loc", ())))
         kind = first.get("type")
         if kind == "json_invalid":

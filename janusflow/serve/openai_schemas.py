@@ -177,7 +177,7 @@ def chat_models(limits: ServeLimits):
         @field_validator("store")
         @classmethod
         def _store(cls, v):
-            return neutral(v, (False,), "store: nothing is stored here; leave it false")
+            return neutral(v, (False,), "nothing is stored here; leave it false")
 
         @field_validator("frequency_penalty", "presence_penalty")
         @classmethod
@@ -345,7 +345,7 @@ def image_models(limits: ServeLimits, image_size: int):
         @field_validator("quality")
         @classmethod
         def _quality(cls, v):
-            return neutral(v, ("auto", "standard"), "quality: auto or standard (one quality is served)")
+            return neutral(v, ("auto", "standard"), "auto or standard (one quality is served)")
 
         @field_validator("style")
         @classmethod
@@ -360,7 +360,7 @@ def image_models(limits: ServeLimits, image_size: int):
         @field_validator("moderation")
         @classmethod
         def _moderation(cls, v):
-            return neutral(v, ("auto", "low"), "moderation: auto or low (nothing is moderated here)")
+            return neutral(v, ("auto", "low"), "auto or low (nothing is moderated here)")
 
     return ImageGenerationRequest
 
