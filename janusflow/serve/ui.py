@@ -160,10 +160,12 @@ def build_ui(engine: Engine, worker: ModelWorker, limits: ServeLimits) -> gr.Blo
                     with gr.Row():
                         ask = gr.Button("Ask", variant="primary", elem_id="ask-button")
                         clear = gr.Button("Clear", elem_id="clear-button")
-            ask.click(chat, [image, question, chatbot, max_new_tokens], [chatbot, question])
-            question.submit(chat, [image, question, chatbot, max_new_tokens], [chatbot, question])
-            clear.click(lambda: [], None, chatbot)
-            image.change(lambda: [], None, chatbot)  # a new image starts a new chat
+            # gradio_client: predict(handle_file(path), question, history, max_new_tokens, api_name="/chat")
+            ask.click(chat, [image, question, chatbot, max_new_tokens], [chatbot, question], api_name="chat")
+            question.submit(chat, [image, question, chatbot, max_new_tokens], [chatbot, question],
+                            api_visibility="undocumented")
+            clear.click(lambda: [], None, chatbot, api_visibility="undocumented")
+            image.change(lambda: [], None, chatbot, api_visibility="undocumented")  # a new image starts a new chat
         with gr.Tab("Generate", id="generate"):
             with gr.Row():
                 with gr.Column(scale=1):
@@ -181,5 +183,7 @@ def build_ui(engine: Engine, worker: ModelWorker, limits: ServeLimits) -> gr.Blo
                 with gr.Column(scale=2):
                     gallery = gr.Gallery(label="Results", columns=2, elem_id="gallery", format="png")
                     used_seed = gr.Markdown(elem_id="gen-seed")
-            run.click(generate, [prompt, steps, guidance, seed, num_images, solver, candidates], [gallery, used_seed])
+            # gradio_client: predict(prompt, steps, guidance, seed, images, solver, candidates, api_name="/generate")
+            run.click(generate, [prompt, steps, guidance, seed, num_images, solver, candidates], [gallery, used_seed],
+                      api_name="generate")
     return blocks
