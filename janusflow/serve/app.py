@@ -159,9 +159,12 @@ def create_app(engine: Engine, limits: ServeLimits | None = None, *, ui: bool = 
                allow_remote_images: bool = False) -> FastAPI:
     """The API (and, with ``ui`` and Gradio installed, the page at "/") serving ``engine``.
 
+    ``worker``: a shared :class:`ModelWorker` (its owner closes it); by default the app makes one and
+    closes it when it shuts down.
     ``api_key``: every route but /health needs ``Authorization: Bearer api_key`` (the page asks once).
     ``allow_remote_images``: chat messages may give http(s) image URLs, fetched within the limits."""
     limits = limits or ServeLimits()
+    own_worker = worker is None  # a worker passed in is its owner's to close
     worker = worker or ModelWorker(limits.max_queue, limits.request_timeout_s)
     GenerateRequest, AskRequest = request_models(limits)
     retry_after = {"Retry-After": str(limits.retry_after_s)}
@@ -169,7 +172,8 @@ def create_app(engine: Engine, limits: ServeLimits | None = None, *, ui: bool = 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
-        worker.close()
+        if own_worker:
+            worker.close()
 
     app = FastAPI(title="JanusFlow", version="1", summary="Image understanding and text-to-image generation",
                   description="Limits are in the schema. Refusals: `{error, field}` on /v1/generate and /v1/ask, "

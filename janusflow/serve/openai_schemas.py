@@ -13,7 +13,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from ..sampler import SOLVERS
 from .limits import ServeLimits
-from .schemas import DATA_URL_PREFIX_CHARS, MAX_SEED, check_text, merge_old_names
+from .schemas import DATA_URL_PREFIX_CHARS, MAX_SEED, check_text, declare_old_names, merge_old_names
 
 LEGACY_PATHS = ("/v1/generate", "/v1/ask")  # today's own API keeps its {error, field} bodies
 MAX_STOP_STRINGS = 4  # as OpenAI
@@ -104,9 +104,9 @@ def chat_models(limits: ServeLimits):
         content: Optional[Union[Annotated[str, Field(max_length=text_chars)], list[TextPart]]] = None
         name: Optional[str] = None
         refusal: Optional[str] = None
-        tool_calls: Optional[list[dict]] = None
+        tool_calls: Optional[Annotated[list[dict], Field(max_length=0)]] = None
 
-        @field_validator("tool_calls")
+        @field_validator("tool_calls", mode="before")
         @classmethod
         def _tool_calls(cls, value):
             return neutral(value, ([],), "tool calls are not supported: this model only writes text")
@@ -124,7 +124,8 @@ def chat_models(limits: ServeLimits):
     class ChatCompletionRequest(BaseModel):
         """An OpenAI chat completion: answer the conversation's last user message."""
 
-        model_config = strict
+        model_config = ConfigDict(extra="forbid", strict=True,
+                                  json_schema_extra=declare_old_names({"max_completion_tokens": "max_tokens"}))
         messages: list[Message] = Field(min_length=1, max_length=limits.max_chat_messages)
         model: Optional[str] = Field(None, description="the served model's id (GET /v1/models); null: that one")
         temperature: Optional[float] = Field(None, ge=0, le=2, allow_inf_nan=False,
@@ -148,73 +149,73 @@ def chat_models(limits: ServeLimits):
         # OpenAI fields accepted at the values that change nothing here
         user: Optional[str] = None
         metadata: Optional[dict[str, str]] = None
-        store: Optional[bool] = None
+        store: Optional[Literal[False]] = None
         service_tier: Optional[str] = None
         parallel_tool_calls: Optional[bool] = None
         prompt_cache_key: Optional[str] = None
         safety_identifier: Optional[str] = None
-        frequency_penalty: Optional[float] = None
-        presence_penalty: Optional[float] = None
-        logit_bias: Optional[dict[str, float]] = None
-        logprobs: Optional[bool] = None
-        top_logprobs: Optional[int] = None
+        frequency_penalty: Optional[Annotated[float, Field(ge=0, le=0)]] = None
+        presence_penalty: Optional[Annotated[float, Field(ge=0, le=0)]] = None
+        logit_bias: Optional[Annotated[dict[str, float], Field(max_length=0)]] = None
+        logprobs: Optional[Literal[False]] = None
+        top_logprobs: Optional[Annotated[int, Field(ge=0, le=0)]] = None
         response_format: Optional[ResponseFormat] = None
-        tools: Optional[list[dict]] = None
-        tool_choice: Optional[Union[str, dict]] = None
-        functions: Optional[list[dict]] = None
-        function_call: Optional[Union[str, dict]] = None
+        tools: Optional[Annotated[list[dict], Field(max_length=0)]] = None
+        tool_choice: Optional[Literal["none"]] = None
+        functions: Optional[Annotated[list[dict], Field(max_length=0)]] = None
+        function_call: Optional[Literal["none"]] = None
         modalities: Optional[list[Literal["text"]]] = None
-        reasoning_effort: Optional[str] = None
-        audio: Optional[dict] = None
-        prediction: Optional[dict] = None
-        web_search_options: Optional[dict] = None
+        reasoning_effort: None = None
+        audio: None = None
+        prediction: None = None
+        web_search_options: None = None
 
         @model_validator(mode="before")
         @classmethod
         def _old_names(cls, body):
             return merge_old_names(body, {"max_completion_tokens": "max_tokens"})
 
-        @field_validator("store")
+        @field_validator("store", mode="before")
         @classmethod
         def _store(cls, v):
             return neutral(v, (False,), "nothing is stored here; leave it false")
 
-        @field_validator("frequency_penalty", "presence_penalty")
+        @field_validator("frequency_penalty", "presence_penalty", mode="before")
         @classmethod
         def _penalty(cls, v):
             return neutral(v, (0.0, 0), "only 0 is supported (no repetition penalties)")
 
-        @field_validator("logit_bias")
+        @field_validator("logit_bias", mode="before")
         @classmethod
         def _logit_bias(cls, v):
             return neutral(v, ({},), "logit_bias is not supported")
 
-        @field_validator("logprobs")
+        @field_validator("logprobs", mode="before")
         @classmethod
         def _logprobs(cls, v):
             return neutral(v, (False,), "log probabilities are not returned")
 
-        @field_validator("top_logprobs")
+        @field_validator("top_logprobs", mode="before")
         @classmethod
         def _top_logprobs(cls, v):
             return neutral(v, (0,), "log probabilities are not returned")
 
-        @field_validator("tools", "functions")
+        @field_validator("tools", "functions", mode="before")
         @classmethod
         def _tools(cls, v):
             return neutral(v, ([],), "tools are not supported: this model only writes text")
 
-        @field_validator("tool_choice", "function_call")
+        @field_validator("tool_choice", "function_call", mode="before")
         @classmethod
         def _tool_choice(cls, v):
             return neutral(v, ("none",), "tools are not supported: this model only writes text")
 
-        @field_validator("reasoning_effort")
+        @field_validator("reasoning_effort", mode="before")
         @classmethod
         def _reasoning(cls, v):
             return neutral(v, (), "this is not a reasoning model")
 
-        @field_validator("audio", "prediction", "web_search_options")
+        @field_validator("audio", "prediction", "web_search_options", mode="before")
         @classmethod
         def _not_served(cls, v):
             return neutral(v, (), "not supported: this model reads images and writes text")
@@ -302,13 +303,13 @@ def image_models(limits: ServeLimits, image_size: int):
         prompt: str = Field(min_length=1, max_length=limits.max_prompt_chars, examples=["a red circle above a blue square"])
         model: Optional[str] = Field(None, description="the served model's id; null: that one")
         n: Optional[int] = Field(1, ge=1, le=limits.max_images_per_request, description="images to draw")
-        size: Optional[str] = Field(None, description=f"{served} (the model's own size) or auto")
-        response_format: Optional[str] = Field(None, description="b64_json (the only one served)")
-        output_format: Optional[str] = Field(None, description="png (the only one served)")
-        quality: Optional[str] = Field(None, description="auto or standard (accepted, changes nothing)")
-        style: Optional[str] = None
-        background: Optional[str] = None
-        moderation: Optional[str] = None
+        size: Optional[Literal[served, "auto"]] = Field(None, description=f"{served} (the model's own size) or auto")
+        response_format: Optional[Literal["b64_json"]] = Field(None, description="b64_json (the only one served)")
+        output_format: Optional[Literal["png"]] = Field(None, description="png (the only one served)")
+        quality: Optional[Literal["auto", "standard"]] = Field(None, description="accepted, changes nothing")
+        style: None = None
+        background: Optional[Literal["auto", "opaque"]] = None
+        moderation: Optional[Literal["auto", "low"]] = None
         user: Optional[str] = None
         # extensions: the sampler's settings, as in POST /v1/generate
         num_inference_steps: int = Field(min(30, limits.max_steps), ge=1, le=limits.max_steps, description="ODE steps")
@@ -325,39 +326,39 @@ def image_models(limits: ServeLimits, image_size: int):
         def _prompt(cls, value: str) -> str:
             return check_text(value, "prompt")
 
-        @field_validator("size")
+        @field_validator("size", mode="before")
         @classmethod
         def _size(cls, v):
             return neutral(v, (served, "auto"), f"this model draws {served} images only: size must be {served!r} "
                                                 f"(or auto)")
 
-        @field_validator("response_format")
+        @field_validator("response_format", mode="before")
         @classmethod
         def _response_format(cls, v):
             return neutral(v, ("b64_json",), "only b64_json is served: the images come in the answer, the server "
                                              "keeps no files to link to")
 
-        @field_validator("output_format")
+        @field_validator("output_format", mode="before")
         @classmethod
         def _output_format(cls, v):
             return neutral(v, ("png",), "only png is served")
 
-        @field_validator("quality")
+        @field_validator("quality", mode="before")
         @classmethod
         def _quality(cls, v):
             return neutral(v, ("auto", "standard"), "auto or standard (one quality is served)")
 
-        @field_validator("style")
+        @field_validator("style", mode="before")
         @classmethod
         def _style(cls, v):
             return neutral(v, (), "style is not supported")
 
-        @field_validator("background")
+        @field_validator("background", mode="before")
         @classmethod
         def _background(cls, v):
             return neutral(v, ("auto", "opaque"), "only opaque images are drawn")
 
-        @field_validator("moderation")
+        @field_validator("moderation", mode="before")
         @classmethod
         def _moderation(cls, v):
             return neutral(v, ("auto", "low"), "auto or low (nothing is moderated here)")

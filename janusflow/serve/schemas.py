@@ -69,6 +69,18 @@ OLD_NAMES = {"num_inference_steps": "steps", "num_images_per_prompt": "num_image
 CONFLICT = "conflicting_names"  # the error type of a body giving both names with different values
 
 
+def declare_old_names(old_names: dict[str, str]):
+    """A ``json_schema_extra`` that lists each old name beside its new one (deprecated), so the spec
+    says what the server accepts."""
+    def extra(schema: dict) -> None:
+        properties = schema.get("properties", {})
+        for new, old in old_names.items():
+            if new in properties:
+                properties[old] = {**{k: v for k, v in properties[new].items() if k != "default"}, "deprecated": True,
+                                   "title": old, "description": f"old name of {new}; give one of the two"}
+    return extra
+
+
 def merge_old_names(body, old_names: dict[str, str] = OLD_NAMES):
     """A body giving a setting under its old name as well as its new one keeps one copy when both say
     the same (same JSON type and value), and is refused when they differ."""
@@ -91,7 +103,7 @@ def request_models(limits: ServeLimits):
     class GenerateRequest(BaseModel):
         """Text-to-image: ``num_images_per_prompt`` images for one prompt."""
 
-        model_config = ConfigDict(extra="forbid", strict=True)
+        model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=declare_old_names(OLD_NAMES))
         prompt: str = Field(min_length=1, max_length=limits.max_prompt_chars,
                             description="what to draw", examples=["a red circle above a blue square"])
         num_images_per_prompt: int = Field(1, ge=1, le=limits.max_images_per_request,
