@@ -304,6 +304,24 @@ def test_limits_are_checked_and_set_by_name():
     assert names and all(f"| `{name}` |" in documented for name in names)  # every limit in docs/serve.md's table
 
 
+def test_serve_warns_when_it_binds_beyond_this_machine_without_a_key(capsys, monkeypatch, tmp_path):
+    from janusflow.serve.cli import is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1") and is_loopback("[::1]")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4") and not is_loopback("example.org")
+    monkeypatch.delenv("JANUSFLOW_API_KEY", raising=False)
+    missing = str(tmp_path / "no-model")  # the command stops at loading the model, after the checks
+    assert cli_main(["serve", "--host", "0.0.0.0", "--model", missing]) == 1
+    assert "without an API key" in capsys.readouterr().err
+    assert cli_main(["serve", "--host", "0.0.0.0", "--api-key", "k", "--model", missing]) == 1
+    monkeypatch.setenv("JANUSFLOW_API_KEY", "k")
+    assert cli_main(["serve", "--host", "0.0.0.0", "--model", missing]) == 1
+    assert cli_main(["serve", "--model", missing]) == 1
+    assert "without an API key" not in capsys.readouterr().err
+    assert cli_main(["serve", "--api-key", " ", "--model", missing]) == 1
+    assert "--api-key is empty" in capsys.readouterr().err
+
+
 def test_serve_command_refuses_bad_arguments_in_one_line(capsys):
     assert cli_main(["serve", "--limit", "max_steps=abc"]) == 1
     assert cli_main(["serve", "--port", "70000"]) == 1

@@ -499,3 +499,23 @@ def test_full_queue_is_429_and_timeouts_are_504():
         last = json.loads(lines[-1][6:])
         assert last["error"]["code"] == "timeout" and "did not finish within 0.5 s" in last["error"]["message"]
         assert "data: [DONE]" not in lines
+
+
+# -- CUDA ------------------------------------------------------------------------------------------------
+
+def test_openai_routes_on_cuda_in_bf16(tmp_path):
+    """Sampling with a seed (a CUDA generator), streaming and images on the GPU's defaults (bf16)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    engine = ModelEngine.from_folder(build_tiny_model_folder(tmp_path / "tiny"), device="cuda")
+    assert engine.pipe.model.dtype == torch.bfloat16
+    with TestClient(create_app(engine, ServeLimits(max_new_tokens=8), ui=False)) as http:
+        messages = [{"role": "user", "content": [image_part(RED), {"type": "text", "text": "What is it?"}]}]
+        sampled = chat(http, messages, temperature=1.0, seed=4, n=2, max_tokens=8)
+        assert chat(http, messages, temperature=1.0, seed=4, n=2, max_tokens=8)["choices"] == sampled["choices"]
+        texts, _, _ = stream(http, messages, temperature=1.0, seed=4, n=2, max_tokens=8)
+        assert texts == {c["index"]: c["message"]["content"] for c in sampled["choices"]}
+        images = http.post("/v1/images/generations", json={"prompt": "a red circle", "num_inference_steps": 2, "n": 2})
+        assert images.status_code == 200 and len(images.json()["data"]) == 2
