@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .engine import Engine
-from .jobs import CancelCheck, run_on_model  # noqa: F401  (CancelCheck: re-exported)
+from .jobs import CancelCheck, run_on_model
 from .limits import ServeLimits
 from .openai_schemas import is_openai_path, openai_error_body, openai_status
 from .schemas import (CONFLICT, AskResponse, ErrorResponse, GenerateResponse, HealthResponse, ServeError,

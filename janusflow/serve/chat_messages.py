@@ -40,7 +40,7 @@ class _Turn:
     images: list[tuple[str, str]] = field(default_factory=list)  # (field, url)
 
 
-def _text_of(content, where: str) -> str:
+def _text_of(content) -> str:
     """A system or assistant message's text: a string or text parts, joined."""
     if content is None:
         return ""
@@ -67,7 +67,7 @@ def collect_turns(messages) -> tuple[str | None, list[_Turn]]:
             if turns:
                 raise ServeError(400, f"{where}.role", "a system message must come before the conversation "
                                                       "(the model has one system prompt)")
-            text = _text_of(message.content, where)
+            text = _text_of(message.content)
             _check_free_text(text, f"{where}.content", SPECIAL_TOKENS)
             system = (system or []) + [text.strip()]
             continue
@@ -82,7 +82,7 @@ def collect_turns(messages) -> tuple[str | None, list[_Turn]]:
                     turn.pieces.append(IMAGE_TOKEN)
                     turn.images.append((f"{where}.content.{j}.image_url", part.image_url.url))
         else:
-            text = _text_of(message.content, where)
+            text = _text_of(message.content)
             _check_free_text(text, f"{where}.content")
             turn.pieces.append(text)
         if not "".join(turn.pieces).strip():
