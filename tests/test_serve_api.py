@@ -36,6 +36,7 @@ from janusflow.serve.limits import ServeLimits  # noqa: E402
 from janusflow.serve.tiny_model import build_tiny_model_folder  # noqa: E402
 from janusflow.serve.ui import stream_on_worker, turns_of  # noqa: E402
 from janusflow.serve.worker import ModelWorker, QueueFull, RequestTimeout  # noqa: E402
+from serve_helpers import BlockingFakeEngine  # noqa: E402
 
 
 def png_bytes(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
@@ -92,6 +93,22 @@ def test_generate_returns_png_images_reproducible_by_seed(client):
     assert again["images"] == data["images"]
     other = client.post("/v1/generate", json={**body, "seed": 8}).json()
     assert other["images"] != data["images"]
+
+
+def test_generate_takes_the_library_vocabulary_and_the_old_names(client):
+    new = {"prompt": "a red circle", "num_inference_steps": 2, "guidance_scale": 1.5, "num_images_per_prompt": 2,
+           "seed": 11}
+    old = {"prompt": "a red circle", "steps": 2, "guidance_scale": 1.5, "num_images": 2, "seed": 11}
+    first = client.post("/v1/generate", json=new)
+    assert first.status_code == 200, first.text
+    assert len(first.json()["images"]) == 2
+    assert client.post("/v1/generate", json=old).json()["images"] == first.json()["images"]
+    both = client.post("/v1/generate", json={**new, "steps": 2, "num_images": 2})  # the same values twice
+    assert both.json()["images"] == first.json()["images"]
+    for old_name, value in (("steps", 3), ("num_images", 1), ("steps", 2.0), ("num_images", True)):
+        clash = client.post("/v1/generate", json={**new, old_name: value})
+        assert clash.status_code == 400, clash.text
+        assert clash.json()["field"] == old_name and "disagree" in clash.json()["error"]
 
 
 def test_generate_without_seed_reports_the_seed_it_drew(client):
@@ -166,6 +183,8 @@ BAD_REQUESTS = [
     ("/v1/generate", {"prompt": 5}, 422, "prompt"),
     ("/v1/generate", {"prompt": "<begin_of_image> a"}, 422, "prompt"),  # a reserved token, refused by the processor
     ("/v1/generate", {"prompt": "x", "steps": 0}, 422, "steps"),
+    ("/v1/generate", {"prompt": "x", "num_inference_steps": 9}, 422, "num_inference_steps"),
+    ("/v1/generate", {"prompt": "x", "num_images_per_prompt": 4}, 422, "num_images_per_prompt"),
     ("/v1/generate", {"prompt": "x", "steps": 9}, 422, "steps"),
     ("/v1/generate", {"prompt": "x", "steps": "3"}, 422, "steps"),
     ("/v1/generate", {"prompt": "x", "steps": 2.5}, 422, "steps"),
@@ -253,9 +272,9 @@ def test_openapi_states_the_configured_limits(client, limits):
     spec = client.get("/openapi.json").json()
     assert {"/v1/generate", "/v1/ask", "/health"} <= set(spec["paths"])
     generate = spec["components"]["schemas"]["GenerateRequest"]["properties"]
-    assert generate["steps"]["maximum"] == limits.max_steps
+    assert generate["num_inference_steps"]["maximum"] == limits.max_steps
     assert generate["prompt"]["maxLength"] == limits.max_prompt_chars
-    assert generate["num_images"]["maximum"] == limits.max_images_per_request
+    assert generate["num_images_per_prompt"]["maximum"] == limits.max_images_per_request
     assert set(generate["solver"]["enum"]) == {"euler", "heun", "midpoint"}
     ask = spec["components"]["schemas"]["AskRequest"]["properties"]
     assert ask["max_new_tokens"]["maximum"] == limits.max_new_tokens
@@ -285,6 +304,24 @@ def test_limits_are_checked_and_set_by_name():
     assert names and all(f"| `{name}` |" in documented for name in names)  # every limit in docs/serve.md's table
 
 
+def test_serve_warns_when_it_binds_beyond_this_machine_without_a_key(capsys, monkeypatch, tmp_path):
+    from janusflow.serve.cli import is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1") and is_loopback("[::1]")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4") and not is_loopback("example.org")
+    monkeypatch.delenv("JANUSFLOW_API_KEY", raising=False)
+    missing = str(tmp_path / "no-model")  # the command stops at loading the model, after the checks
+    assert cli_main(["serve", "--host", "0.0.0.0", "--model", missing]) == 1
+    assert "without an API key" in capsys.readouterr().err
+    assert cli_main(["serve", "--host", "0.0.0.0", "--api-key", "k", "--model", missing]) == 1
+    monkeypatch.setenv("JANUSFLOW_API_KEY", "k")
+    assert cli_main(["serve", "--host", "0.0.0.0", "--model", missing]) == 1
+    assert cli_main(["serve", "--model", missing]) == 1
+    assert "without an API key" not in capsys.readouterr().err
+    assert cli_main(["serve", "--api-key", " ", "--model", missing]) == 1
+    assert "--api-key is empty" in capsys.readouterr().err
+
+
 def test_serve_command_refuses_bad_arguments_in_one_line(capsys):
     assert cli_main(["serve", "--limit", "max_steps=abc"]) == 1
     assert cli_main(["serve", "--port", "70000"]) == 1
@@ -294,35 +331,6 @@ def test_serve_command_refuses_bad_arguments_in_one_line(capsys):
 
 
 # -- queue and timeouts (fake engine) ---------------------------------------------------------------------
-
-class BlockingFakeEngine:
-    """A fake engine for the concurrency tests only: ``generate`` blocks until released (checking for
-    cancellation after every "step", as the real sampler does); ``ask`` hangs ignoring cancellation."""
-
-    default_candidates = 1
-
-    def __init__(self):
-        self.release = threading.Event()
-        self.started = threading.Semaphore(0)
-        self.calls = 0
-
-    def generate(self, prompt, num_images, steps, guidance_scale, seed, solver, progress=None, candidates=None):
-        self.calls += 1
-        self.started.release()
-        step = 0
-        while not self.release.wait(0.01):
-            step += 1
-            if progress is not None:
-                progress(step, 10**9)
-        return [Image.new("RGB", (8, 8), (seed % 256, 0, 0))] * num_images
-
-    def ask(self, image, question, max_new_tokens, streamer=None, history=()):
-        time.sleep(1.0)
-        return "late"
-
-    def stream_answer(self, image, question, max_new_tokens, history=()):
-        yield self.ask(image, question, max_new_tokens)
-
 
 def test_full_queue_gets_503_with_retry_after():
     engine = BlockingFakeEngine()

@@ -1,7 +1,7 @@
 """The web page in a real browser: Playwright drives Debian's Chromium (by its path, headless) against
-`janusflow serve` started as a subprocess on a free local port with a tiny random model.
+`janusflow serve` started as a subprocess on a free local port with a tiny random model and an API key.
 
-It generates an image and sees it in the gallery (and the progress indicator while it runs), then
+The page asks for the key once (a wrong one is refused); then everything runs on the cookie it set. It generates an image and sees it in the gallery (and the progress indicator while it runs), then
 uploads an image, asks a question and sees the model's answer stream into the chat; the answer must
 be the one the library gives for the same image and question. Screenshots of both tabs
 (screenshot.png, screenshot-chat.png) go to $JANUSFLOW_SCREENSHOTS, e.g. docs/ for the README.
@@ -34,6 +34,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 SHOTS = Path(os.environ.get("JANUSFLOW_SCREENSHOTS") or tempfile.mkdtemp(prefix="janusflow-shots-"))
 QUESTION = "What is in the image?"
 MAX_NEW_TOKENS = 24
+KEY = "browser-key"
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="no chromium (apt-get install chromium)")
 
@@ -59,7 +60,8 @@ def server(model_dir, tmp_path_factory):
            "GRADIO_TEMP_DIR": str(tmp_path_factory.mktemp("gradio"))}
     with open(log, "w") as out:
         process = subprocess.Popen([sys.executable, "-m", "janusflow", "serve", "--model", str(model_dir),
-                                    "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env)
+                                    "--port", str(port), "--api-key", KEY], stdout=out, stderr=subprocess.STDOUT,
+                                   env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -94,6 +96,11 @@ def page(server):
             page = browser.new_page(viewport={"width": 1280, "height": 820})
             page.set_default_timeout(60_000)
             page.goto(url + "/", wait_until="domcontentloaded")
+            page.fill("#api-key", "not the key")  # the page asks for the key first
+            page.click("#api-key-submit")
+            sync_api.expect(page.locator("#api-key-problem")).to_contain_text("wrong")
+            page.fill("#api-key", KEY)
+            page.click("#api-key-submit")
             page.wait_for_selector("#question textarea")
             yield page
         finally:

@@ -1,6 +1,6 @@
 """The model behind the server: a small interface, and its implementation on a model folder.
 
-The server and the web page only call :class:`Engine`'s three methods, so they can be tested on a
+The server and the web page only call :class:`Engine`'s methods, so they can be tested on a
 tiny random model and run on any checkpoint. :class:`ModelEngine` is the real one: the library's
 ``JanusFlowPipeline`` (generation) and ``JanusFlowChat`` (understanding) on one model folder.
 
@@ -11,9 +11,12 @@ this to enforce its per-request timeout.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from PIL import Image
@@ -24,12 +27,22 @@ Progress = Callable[[int, int], None]  # (steps done, steps in all)
 Turn = tuple[str, str]  # (question, answer) of an earlier turn of the same chat
 
 
+@dataclass(frozen=True)
+class DecodedTurn:
+    prompt_tokens: int  # the prompt's tokens, image tokens included
+    tokens: list[int]  # the answer's ids, the end-of-sentence token excluded
+    stopped_at_eos: bool  # False: it ran out of max_new_tokens or of the model's context
+
+
 class Engine(Protocol):
     default_candidates: int  # what ``candidates=None`` means: the model's image_generation_config.json
+    model_id: str  # the name clients use for it (GET /v1/models)
+    image_size: int  # side in pixels of the (square) images it draws
 
-    def generate(self, prompt: str, num_images: int, steps: int, guidance_scale: float, seed: int,
-                 solver: str, progress: Progress | None = None, candidates: int | None = None) -> list[Image.Image]:
-        """``num_images`` images for one prompt; the same seed gives the same images. ``candidates`` > 1:
+    def generate(self, prompt: str, num_images_per_prompt: int, num_inference_steps: int, guidance_scale: float,
+                 seed: int, solver: str, progress: Progress | None = None,
+                 candidates: int | None = None) -> list[Image.Image]:
+        """``num_images_per_prompt`` images for one prompt; the same seed gives the same images. ``candidates`` > 1:
         each image is the best of up to that many by the model's self-check (``best_of``); None: the
         model's default."""
 
@@ -43,6 +56,18 @@ class Engine(Protocol):
     def stream_answer(self, image: Image.Image, question: str, max_new_tokens: int,
                       history: Sequence[Turn] = ()) -> Iterator[str]:
         """The answer as it grows, one piece of text at a time."""
+
+    def decode_turn(self, conversation: Sequence[dict], system_prompt: str | None, config,
+                    generator=None, streamer=None) -> DecodedTurn:
+        """The next Assistant turn of ``conversation`` (``understanding`` messages, images inside, ending
+        with a User turn) under ``system_prompt`` (None: the model's default) and a ``DecodingConfig``.
+        ``streamer`` gets the prompt's ids, then each new token, and may raise to stop."""
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Text of token ids, special tokens left out."""
+
+    def new_generator(self, seed: int):
+        """A ``torch.Generator`` on the model's device, seeded."""
 
 
 def conversation_for(image: Image.Image, question: str, history: Sequence[Turn] = ()) -> list[dict]:
@@ -62,34 +87,43 @@ class ModelEngine:
     """:class:`~janusflow.pipeline.JanusFlowPipeline` and :class:`~janusflow.understanding.JanusFlowChat`
     sharing one model, greedy answers."""
 
-    def __init__(self, pipe, chat):
-        self.pipe, self.chat = pipe, chat
+    def __init__(self, pipe, chat, model_id: str = "janusflow"):
+        self.pipe, self.chat, self.model_id = pipe, chat, model_id
         self.processor = pipe.processor
+        self._prompt_lock = threading.Lock()  # decode_turn swaps the processor's system prompt
         pipe.set_progress_bar_config(disable=True)  # the server reports progress its own way
 
     @classmethod
     def from_folder(cls, model_dir: str | os.PathLike, vae_dir: str | os.PathLike | None = None,
-                    device: str | None = None, dtype=None) -> "ModelEngine":
-        """Load ``model_dir`` (weights, config, tokenizer) and the VAE (``vae_dir`` or ``model_dir/vae``)."""
+                    device: str | None = None, dtype=None, model_id: str | None = None) -> "ModelEngine":
+        """Load ``model_dir`` (weights, config, tokenizer) and the VAE (``vae_dir`` or ``model_dir/vae``).
+        ``model_id`` defaults to the folder's name."""
         from ..pipeline import JanusFlowPipeline
         from ..understanding import JanusFlowChat
 
         pipe = JanusFlowPipeline.from_pretrained(model_dir, vae=vae_dir, device=device, dtype=dtype)
         if pipe.vae is None:
             raise CheckpointError(f"{model_dir}: no vae/ folder; pass a VAE folder (a diffusers AutoencoderKL)")
-        return cls(pipe, JanusFlowChat(pipe.model, pipe.processor))
+        return cls(pipe, JanusFlowChat(pipe.model, pipe.processor), model_id or Path(model_dir).resolve().name)
 
     @property
     def default_candidates(self) -> int:
         return self.pipe.image_generation_config.candidates
 
-    def generate(self, prompt: str, num_images: int, steps: int, guidance_scale: float, seed: int,
-                 solver: str, progress: Progress | None = None, candidates: int | None = None) -> list[Image.Image]:
+    @property
+    def image_size(self) -> int:
+        """latent side x the VAE's upsampling (2 per decoder block after the first)."""
+        latent_size = self.pipe.model.config.gen_vision.latent_size
+        return latent_size * 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
+
+    def generate(self, prompt: str, num_images_per_prompt: int, num_inference_steps: int, guidance_scale: float,
+                 seed: int, solver: str, progress: Progress | None = None,
+                 candidates: int | None = None) -> list[Image.Image]:
         from ..shapes.self_check import judge_for
 
         judge = judge_for(self.pipe, self.chat) if candidates is not None and candidates > 1 else None  # None: default
-        return self.pipe(prompt, num_inference_steps=steps, guidance_scale=float(guidance_scale),
-                         num_images_per_prompt=num_images, generator=seed, solver=solver, output_type="pil",
+        return self.pipe(prompt, num_inference_steps=num_inference_steps, guidance_scale=float(guidance_scale),
+                         num_images_per_prompt=num_images_per_prompt, generator=seed, solver=solver, output_type="pil",
                          callback=progress, candidates=candidates, judge=judge).images
 
     def ask(self, image: Image.Image, question: str, max_new_tokens: int, streamer=None,
@@ -102,6 +136,34 @@ class ModelEngine:
     def stream_answer(self, image: Image.Image, question: str, max_new_tokens: int,
                       history: Sequence[Turn] = ()) -> Iterator[str]:
         yield from stream_in_thread(self, image, question, max_new_tokens, history)
+
+    def decode_turn(self, conversation: Sequence[dict], system_prompt: str | None, config,
+                    generator=None, streamer=None) -> DecodedTurn:
+        with self._prompt_lock, system_prompt_of(self.processor, system_prompt):
+            result = self.chat.generate([list(conversation)], config, generator=generator, streamer=streamer)
+        return DecodedTurn(int(result.prompt_length), list(result.tokens[0]), bool(result.stopped_at_eos[0]))
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.processor.decode(list(ids))
+
+    def new_generator(self, seed: int):
+        import torch
+
+        return torch.Generator(device=self.pipe.device).manual_seed(seed)
+
+
+@contextlib.contextmanager
+def system_prompt_of(processor, system_prompt: str | None):
+    """The processor renders conversations under ``system_prompt`` inside the block (None: its own)."""
+    if system_prompt is None:
+        yield
+        return
+    default = processor.system_prompt
+    processor.system_prompt = system_prompt
+    try:
+        yield
+    finally:
+        processor.system_prompt = default
 
 
 def text_streamer(engine, timeout: float | None = None):
@@ -135,6 +197,6 @@ def stream_in_thread(engine, image, question, max_new_tokens, history=()) -> Ite
 
 
 def load_engine(model_dir: str | os.PathLike, vae_dir: str | os.PathLike | None = None,
-                device: str | None = None, dtype=None) -> Engine:
+                device: str | None = None, dtype=None, model_id: str | None = None) -> Engine:
     """The engine the command line serves."""
-    return ModelEngine.from_folder(model_dir, vae_dir, device=device, dtype=dtype)
+    return ModelEngine.from_folder(model_dir, vae_dir, device=device, dtype=dtype, model_id=model_id)

@@ -16,8 +16,9 @@ from ..errors import ConfigError
 @dataclass(frozen=True)
 class ServeLimits:
     max_prompt_chars: int = field(default=1000, metadata={"doc": "characters in a generation prompt"})
-    max_question_chars: int = field(default=2000, metadata={"doc": "characters in a question"})
-    max_image_bytes: int = field(default=10 * 2**20, metadata={"doc": "bytes of an uploaded image, decoded from base64"})
+    max_question_chars: int = field(default=2000, metadata={"doc": "characters in a question (and in each chat message)"})
+    max_image_bytes: int = field(default=10 * 2**20, metadata={
+        "doc": "bytes of an uploaded image, decoded from base64 (or fetched)"})
     max_image_pixels: int = field(default=4096 * 4096, metadata={
         "doc": "width x height of an uploaded image, read from its header before decoding (decompression bombs)"})
     max_steps: int = field(default=100, metadata={"doc": "ODE steps of one generation"})
@@ -26,6 +27,11 @@ class ServeLimits:
         "doc": "samples drawn for each image of a request that asks for the best of several (self-check)"})
     max_guidance_scale: float = field(default=20.0, metadata={"doc": "largest classifier-free guidance weight"})
     max_new_tokens: int = field(default=512, metadata={"doc": "tokens one answer may have"})
+    max_chat_messages: int = field(default=32, metadata={"doc": "messages in one chat completion request"})
+    max_chat_images: int = field(default=4, metadata={"doc": "images in one chat completion request, all messages together"})
+    max_choices: int = field(default=4, metadata={"doc": "choices (n) one chat completion request may ask for"})
+    remote_image_timeout_s: float = field(default=10.0, metadata={
+        "doc": "seconds to fetch one http(s) image of a chat message (only with --allow-remote-images)"})
     max_body_bytes: int = field(default=16 * 2**20, metadata={"doc": "bytes of a request body"})
     max_queue: int = field(default=8, metadata={"doc": "requests waiting for the model; one more gets 503"})
     request_timeout_s: float = field(default=300.0, metadata={

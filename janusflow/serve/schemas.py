@@ -11,7 +11,8 @@ import io
 import threading
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from ..sampler import SOLVERS
 from .limits import ServeLimits
@@ -21,11 +22,13 @@ DATA_URL_PREFIX_CHARS = 64  # room for "data:image/jpeg;base64," before the base
 
 
 class ServeError(Exception):
-    """A request the server refuses: HTTP ``status``, the ``field`` at fault and why."""
+    """A request the server refuses: HTTP ``status``, the ``field`` at fault and why; ``code`` names the
+    kind of refusal for the OpenAI-compatible routes (``queue_full``, ``timeout``, ...)."""
 
-    def __init__(self, status: int, field: Optional[str], message: str, headers: Optional[dict] = None):
+    def __init__(self, status: int, field: Optional[str], message: str, headers: Optional[dict] = None,
+                 code: Optional[str] = None):
         super().__init__(message)
-        self.status, self.field, self.message, self.headers = status, field, message, headers or {}
+        self.status, self.field, self.message, self.headers, self.code = status, field, message, headers or {}, code
 
 
 class ErrorResponse(BaseModel):
@@ -60,17 +63,55 @@ def check_text(value: str, what: str) -> str:
     return value
 
 
+# One vocabulary with the library and the command line (num_inference_steps, ...); the old names stay
+# accepted. {new name: old name}.
+OLD_NAMES = {"num_inference_steps": "steps", "num_images_per_prompt": "num_images"}
+CONFLICT = "conflicting_names"  # the error type of a body giving both names with different values
+
+
+def declare_old_names(old_names: dict[str, str]):
+    """A ``json_schema_extra`` that lists each old name beside its new one (deprecated), so the spec
+    says what the server accepts."""
+    def extra(schema: dict) -> None:
+        properties = schema.get("properties", {})
+        for new, old in old_names.items():
+            if new in properties:
+                properties[old] = {**{k: v for k, v in properties[new].items() if k != "default"}, "deprecated": True,
+                                   "title": old, "description": f"old name of {new}; give one of the two"}
+    return extra
+
+
+def merge_old_names(body, old_names: dict[str, str] = OLD_NAMES):
+    """A body giving a setting under its old name as well as its new one keeps one copy when both say
+    the same (same JSON type and value), and is refused when they differ."""
+    if not isinstance(body, dict):
+        return body
+    body = dict(body)
+    for new, old in old_names.items():
+        if new in body and old in body:
+            a, b = body[new], body[old]
+            if type(a) is not type(b) or a != b:
+                raise PydanticCustomError(CONFLICT, "{new} = {a} and its old name {old} = {b} disagree; give one",
+                                          {"new": new, "old": old, "a": repr(a), "b": repr(b)})
+            del body[old]
+    return body
+
+
 def request_models(limits: ServeLimits):
     """(GenerateRequest, AskRequest) carrying ``limits`` in their fields."""
 
     class GenerateRequest(BaseModel):
-        """Text-to-image: ``num_images`` images for one prompt."""
+        """Text-to-image: ``num_images_per_prompt`` images for one prompt."""
 
-        model_config = ConfigDict(extra="forbid", strict=True)
+        model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=declare_old_names(OLD_NAMES))
         prompt: str = Field(min_length=1, max_length=limits.max_prompt_chars,
                             description="what to draw", examples=["a red circle above a blue square"])
-        num_images: int = Field(1, ge=1, le=limits.max_images_per_request)
-        steps: int = Field(min(30, limits.max_steps), ge=1, le=limits.max_steps, description="ODE steps")
+        num_images_per_prompt: int = Field(1, ge=1, le=limits.max_images_per_request,
+                                           validation_alias=AliasChoices("num_images_per_prompt", "num_images"),
+                                           description="images to draw (old name: num_images)")
+        num_inference_steps: int = Field(min(30, limits.max_steps), ge=1, le=limits.max_steps,
+                                         validation_alias=AliasChoices("num_inference_steps", "steps"),
+                                         description="ODE steps (old name: steps)")
         guidance_scale: float = Field(2.0, ge=0.0, le=limits.max_guidance_scale, allow_inf_nan=False,
                                       description="classifier-free guidance weight w (1 = no guidance)")
         seed: Optional[int] = Field(None, ge=0, le=MAX_SEED, description="noise seed; null draws one")
@@ -79,6 +120,11 @@ def request_models(limits: ServeLimits):
                                           description="draw each image up to this many times and keep the one the "
                                                       "model's own answers about it judge best (shapes-world "
                                                       "prompts; 1: plain sampling; null: the model's default)")
+
+        @model_validator(mode="before")
+        @classmethod
+        def _old_names(cls, body):
+            return merge_old_names(body)
 
         @field_validator("prompt")
         @classmethod

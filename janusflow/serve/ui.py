@@ -29,7 +29,7 @@ INTRO = ("One model that answers questions about images (autoregression) and dra
 def stream_on_worker(worker: ModelWorker, engine: Engine, image, question: str, max_new_tokens: int,
                      history: Sequence[Turn] = ()) -> Iterator[str]:
     """Queue ``engine.ask`` on the worker and yield the answer's text as it is produced."""
-    from .app import CancelCheck
+    from .jobs import CancelCheck
 
     streamer = text_streamer(engine, timeout=0.1)
 
@@ -119,16 +119,20 @@ def build_ui(engine: Engine, worker: ModelWorker, limits: ServeLimits) -> gr.Blo
         except (ValueError, ServeError, QueueFull, RequestTimeout, Cancelled, JanusFlowError) as e:
             raise _user_error(e) from None
 
-    def generate(prompt, steps, guidance_scale, seed, num_images, solver, candidates, progress=gr.Progress()):
+    def generate(prompt, num_inference_steps, guidance_scale, seed, num_images_per_prompt, solver, candidates,
+                 progress=gr.Progress()):
         try:
             seed = None if seed is None or int(seed) < 0 else int(seed)
-            body = GenerateRequest(prompt=prompt or "", steps=int(steps), guidance_scale=float(guidance_scale),
-                                   seed=seed, num_images=int(num_images), solver=solver, candidates=int(candidates))
+            body = GenerateRequest(prompt=prompt or "", num_inference_steps=int(num_inference_steps),
+                                   guidance_scale=float(guidance_scale), seed=seed,
+                                   num_images_per_prompt=int(num_images_per_prompt), solver=solver,
+                                   candidates=int(candidates))
             seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
             progress(0, desc="waiting for the model")
-            job = worker.submit(lambda job: engine.generate(body.prompt, body.num_images, body.steps,
-                                                            body.guidance_scale, seed, body.solver,
-                                                            progress=job.progress, candidates=body.candidates))
+            job = worker.submit(lambda job: engine.generate(body.prompt, body.num_images_per_prompt,
+                                                            body.num_inference_steps, body.guidance_scale, seed,
+                                                            body.solver, progress=job.progress,
+                                                            candidates=body.candidates))
 
             def show(job):
                 if job.steps_total:
@@ -156,10 +160,12 @@ def build_ui(engine: Engine, worker: ModelWorker, limits: ServeLimits) -> gr.Blo
                     with gr.Row():
                         ask = gr.Button("Ask", variant="primary", elem_id="ask-button")
                         clear = gr.Button("Clear", elem_id="clear-button")
-            ask.click(chat, [image, question, chatbot, max_new_tokens], [chatbot, question])
-            question.submit(chat, [image, question, chatbot, max_new_tokens], [chatbot, question])
-            clear.click(lambda: [], None, chatbot)
-            image.change(lambda: [], None, chatbot)  # a new image starts a new chat
+            # gradio_client: predict(handle_file(path), question, history, max_new_tokens, api_name="/chat")
+            ask.click(chat, [image, question, chatbot, max_new_tokens], [chatbot, question], api_name="chat")
+            question.submit(chat, [image, question, chatbot, max_new_tokens], [chatbot, question],
+                            api_visibility="undocumented")
+            clear.click(lambda: [], None, chatbot, api_visibility="undocumented")
+            image.change(lambda: [], None, chatbot, api_visibility="undocumented")  # a new image starts a new chat
         with gr.Tab("Generate", id="generate"):
             with gr.Row():
                 with gr.Column(scale=1):
@@ -177,5 +183,7 @@ def build_ui(engine: Engine, worker: ModelWorker, limits: ServeLimits) -> gr.Blo
                 with gr.Column(scale=2):
                     gallery = gr.Gallery(label="Results", columns=2, elem_id="gallery", format="png")
                     used_seed = gr.Markdown(elem_id="gen-seed")
-            run.click(generate, [prompt, steps, guidance, seed, num_images, solver, candidates], [gallery, used_seed])
+            # gradio_client: predict(prompt, steps, guidance, seed, images, solver, candidates, api_name="/generate")
+            run.click(generate, [prompt, steps, guidance, seed, num_images, solver, candidates], [gallery, used_seed],
+                      api_name="generate")
     return blocks
