@@ -176,21 +176,26 @@ def generate(args: argparse.Namespace) -> int:
          arg("--question-file", metavar="Q.jsonl"), arg("--image-folder", metavar="DIR"),
          arg("--answers-file", metavar="A.jsonl"), arg("--batch-size", type=int, default=8),
          arg("--model-id", default=None, help="model_id written in the answers (default: the model folder's name)"),
+         arg("--num-chunks", type=int, default=1, help="split the question file into this many chunks (LLaVA's split)"),
+         arg("--chunk-idx", type=int, default=0, help="answer this chunk (0-based) of --num-chunks"),
          arg("--no-stream", action="store_true", help="print the answer at the end instead of token by token"),
          *DECODING, *MODEL)
 def ask(args: argparse.Namespace) -> int:
     from .processor import load_image
-    from .understanding import answer_llava_questions, print_streamer, read_llava_questions, user_message
+    from .understanding import print_streamer, user_message
 
     config = decoding_config(args)
     if args.question_file:
+        from .eval.llava import answer_llava_questions, get_chunk, read_llava_questions
+
         if args.inputs or not args.answers_file:
             raise InputError("with --question-file give --answers-file (and --image-folder), no positional inputs")
-        read_llava_questions(args.question_file, args.image_folder)
+        get_chunk(read_llava_questions(args.question_file, args.image_folder), args.num_chunks, args.chunk_idx)
         chat = load_chat(args)
         model_id = args.model_id or model_dir(args).resolve().name
         n = answer_llava_questions(chat, args.question_file, args.image_folder, args.answers_file, model_id,
-                                   args.batch_size, config, generator=args.seed)
+                                   args.batch_size, config, generator=args.seed, num_chunks=args.num_chunks,
+                                   chunk_idx=args.chunk_idx)
         print(f"wrote {n} answer(s) to {args.answers_file}")
         return 0
     if not args.inputs:
