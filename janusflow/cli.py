@@ -1,7 +1,9 @@
 """The ``janusflow`` command. Each subcommand is one function registered with ``@command``; the
 work lives in the library (pipeline, understanding, parity), this file parses and prints.
 Subcommands may live elsewhere: every ``janusflow/<subpackage>/cli.py`` is imported before parsing,
-so a module there registers its own with ``@command`` (e.g. ``serve``).
+so a module there registers its own with ``@command`` (e.g. ``serve``). A two-word name registers a
+subcommand of a group: ``@command("eval shapes", ...)`` is ``janusflow eval shapes``; ``command_group``
+gives the group its help.
 
 Bad input ends with one line on stderr (``janusflow: error: ...``) and a non-zero exit: 1 for bad
 input or files, 2 for bad usage or when no model is given and no default model is installed.
@@ -41,6 +43,7 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {}
+GROUPS: dict[str, str] = {}  # group name -> help, for two-word commands ("eval shapes")
 
 
 def arg(*flags: str, **kwargs) -> tuple:
@@ -53,6 +56,11 @@ def command(name: str, help: str, *arguments: tuple):
         COMMANDS[name] = Command(name, help, arguments, run)
         return run
     return register
+
+
+def command_group(name: str, help: str) -> None:
+    """The help of ``janusflow NAME``, whose subcommands register as ``@command("NAME sub", ...)``."""
+    GROUPS[name] = help
 
 
 # -- shared options -------------------------------------------------------------------------------------
@@ -282,8 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
     load_extensions()
     parser = _Parser(prog=PROG, description="JanusFlow: image understanding and rectified-flow generation")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    groups: dict[str, argparse._SubParsersAction] = {}
     for c in COMMANDS.values():
-        sub = subparsers.add_parser(c.name, help=c.help, description=c.help)
+        group, _, name = c.name.rpartition(" ")
+        if group and group not in groups:
+            about = GROUPS.get(group, "")
+            groups[group] = subparsers.add_parser(group, help=about, description=about).add_subparsers(
+                dest=f"{group}_command", metavar="COMMAND", required=True)
+        sub = (groups[group] if group else subparsers).add_parser(name, help=c.help, description=c.help)
         for flags, kwargs in c.arguments:
             sub.add_argument(*flags, **kwargs)
         sub.set_defaults(run=c.run)

@@ -187,8 +187,7 @@ def format_results(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@command("eval", "score a model on the shapes world (GenEval and LLaVA layouts, exact scorer)",
-         arg("suite", choices=("shapes",), help="the benchmark: shapes (the embedded world)"),
+@command("eval shapes", "score a model on the shapes world (GenEval and LLaVA layouts, exact scorer)",
          arg("--model", metavar="DIR", help="model folder; default: the embedded model"),
          arg("--out", default="runs/eval-shapes", metavar="DIR", help="images, answers and results.json"),
          arg("--prompts-per-category", type=int, default=50),
