@@ -66,14 +66,14 @@ def generation(args: argparse.Namespace) -> int:
     samples = geneval_samples(args.samples)  # every input checked before a model loads
     reference = image_files(args.reference) if args.reference is not None else None
     settings = sampling_settings(args.samples, args.sampling_settings)
-    if settings is None:
-        warnings.warn(f"no janusflow_generation.json in {args.samples}: the sampling settings are unknown "
-                      "(pass --sampling-settings FILE)", JanusFlowWarning, stacklevel=1)
     option = "--feature-model" if args.feature_model else "--clip-model"
     if feature_folder is not None:
         model_folder(feature_folder, option)
     if args.clip_model is not None:
-        model_folder(args.clip_model, "--clip-model")
+        model_folder(args.clip_model, "--clip-model", tokenizer=True)
+    if settings is None:
+        warnings.warn(f"no janusflow_generation.json in {args.samples}: the sampling settings are unknown "
+                      "(pass --sampling-settings FILE)", JanusFlowWarning, stacklevel=1)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     common = {"samples": str(Path(args.samples).resolve()), "n_generated": len(samples), "sampling": settings}
     records: list[dict[str, Any]] = []

@@ -30,13 +30,17 @@ from ..errors import InputError
 
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 HALF = (0.5, 0.5, 0.5)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "spiece.model", "tokenizer.model")
 
 
 @contextmanager
 def offline():
-    """No network for the hub while loading: HF_HUB_OFFLINE=1 (restored afterwards)."""
-    before = os.environ.get("HF_HUB_OFFLINE")
+    """No network for the hub while loading: HF_HUB_OFFLINE=1 (restored afterwards); and no loading bar."""
+    from transformers.utils import logging
+
+    before, bar = os.environ.get("HF_HUB_OFFLINE"), logging.is_progress_bar_enabled()
     os.environ["HF_HUB_OFFLINE"] = "1"
+    logging.disable_progress_bar()
     try:
         yield
     finally:
@@ -44,10 +48,13 @@ def offline():
             os.environ.pop("HF_HUB_OFFLINE", None)
         else:
             os.environ["HF_HUB_OFFLINE"] = before
+        if bar:
+            logging.enable_progress_bar()
 
 
-def model_folder(path: str | os.PathLike | None, option: str) -> Path:
-    """``path`` as a local transformers folder, or an InputError naming ``option`` and the path."""
+def model_folder(path: str | os.PathLike | None, option: str, tokenizer: bool = False) -> Path:
+    """``path`` as a local transformers folder (with a tokenizer if asked), or an InputError naming
+    ``option`` and the path."""
     if path is None:
         raise InputError(f"{option} DIR is required (a local CLIP or SigLIP folder; nothing is downloaded)")
     folder = Path(os.fspath(path))
@@ -55,6 +62,9 @@ def model_folder(path: str | os.PathLike | None, option: str) -> Path:
         raise InputError(f"{option}: model folder not found: {folder} (weights come from local folders only)")
     if not (folder / "config.json").is_file():
         raise InputError(f"{option}: {folder} is not a transformers model folder (no config.json)")
+    if tokenizer and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        # transformers 5 would build an empty tokenizer from config.json alone
+        raise InputError(f"{option}: no tokenizer in {folder} (none of {', '.join(TOKENIZER_FILES)})")
     return folder
 
 
@@ -139,6 +149,7 @@ class TextEmbedder:
         self.model = image_embedder.model
         if not hasattr(self.model, "get_text_features"):
             raise InputError(f"{option}: {image_embedder.folder} has no text tower (a vision model alone)")
+        model_folder(image_embedder.folder, option, tokenizer=True)
         with offline():
             try:
                 self.tokenizer = AutoTokenizer.from_pretrained(image_embedder.folder, local_files_only=True)
