@@ -15,6 +15,7 @@ tokenizer): nothing downloads. What each test proves:
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -269,3 +270,23 @@ def test_eval_generation_errors(tmp_path, random_clip, capsys):
     code, err = run(unknown, "--clip-model", random_clip, "--out", tmp_path / "u.json")
     assert code == 0 and "sampling settings are unknown" in err
     assert json.loads((tmp_path / "u.json").read_text())["metrics"][0]["sampling"] is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_eval_generation_on_cuda_bf16_is_close_to_the_cpu(tmp_path, random_clip):
+    rng = np.random.default_rng(11)
+    samples = geneval_folder(tmp_path / "s", [(caption(c), [scene(c, rng) for _ in range(3)]) for c in COLORS],
+                             {"num_inference_steps": 30})
+    reference = tmp_path / "reference"
+    save_all([scene(c, rng) for _ in range(3) for c in COLORS], reference)
+    values = {}
+    for device, dtype in (("cpu", "fp32"), ("cuda", "fp32"), ("cuda", "bf16")):
+        out = tmp_path / f"{device}-{dtype}.json"
+        assert main(["eval", "generation", str(samples), "--reference", str(reference), "--feature-model",
+                     str(random_clip), "--clip-model", str(random_clip), "--device", device, "--dtype", dtype,
+                     "--out", str(out)]) == 0
+        values[device, dtype] = {r["metric"]: r["value"] for r in json.loads(out.read_text())["metrics"]}
+    cpu, gpu, bf16 = values["cpu", "fp32"], values["cuda", "fp32"], values["cuda", "bf16"]
+    assert gpu["clip_score"] == pytest.approx(cpu["clip_score"], abs=1e-3)
+    assert gpu["fid"] == pytest.approx(cpu["fid"], rel=1e-3, abs=1e-4)
+    assert bf16["clip_score"] == pytest.approx(cpu["clip_score"], abs=1.0) and math.isfinite(bf16["fid"])

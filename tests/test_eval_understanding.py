@@ -129,6 +129,7 @@ def test_score_files_and_the_command(tmp_path, capsys):
     assert result["f1"] == pytest.approx(2 / 3)
     # random: questions 0-3, labels yes yes yes no, read yes no yes no -> TP 2, FN 1, TN 1: accuracy 3/4
     assert result["by_category"]["random"]["accuracy"] == pytest.approx(0.75)
+    assert result["answered_by"] == {"model_id": ["m"], "metadata": [{}]}
 
     out = tmp_path / "r" / "pope.json"
     code = main(["eval", "understanding", "--metric", "pope", "--questions", str(questions), "--answers",

@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import InputError
 from .cider import cider_d
 from .exact_match import exact_match
-from .llava import paired
+from .llava import paired, read_llava_answers
 from .mme import mme_scores
 from .multiple_choice import multiple_choice_scores
 from .yes_no import yes_no_scores
@@ -86,4 +86,19 @@ def score_understanding(metric: str, questions_file: str | os.PathLike, answers_
         raise InputError(f"unknown metric {metric!r}; one of {', '.join(METRICS)}")
     rows = paired(questions_file, answers_file)
     return {"metric": metric, **METRICS[metric](rows), "questions_file": os.fspath(questions_file),
-            "answers_file": os.fspath(answers_file)}
+            "answers_file": os.fspath(answers_file), "answered_by": answered_by(answers_file)}
+
+
+def answered_by(answers_file: str | os.PathLike) -> dict[str, list]:
+    """The distinct ``model_id`` and ``metadata`` (decoding settings, chunk keys aside) of the answers,
+    to be kept beside the numbers."""
+    models, settings = [], []
+    for line in read_llava_answers(answers_file).values():
+        model = line.get("model_id")
+        meta = {k: v for k, v in line.get("metadata", {}).items() if k not in ("num_chunks", "chunk_idx")} \
+            if isinstance(line.get("metadata"), dict) else line.get("metadata")
+        if model not in models:
+            models.append(model)
+        if meta not in settings:
+            settings.append(meta)
+    return {"model_id": models, "metadata": settings}
