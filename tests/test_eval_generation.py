@@ -172,7 +172,8 @@ def test_clip_score_is_transformers_cosine(random_clip):
     embedder = ImageEmbedder(random_clip)
     ours = clip_scores(torch.cat([embedder(pil_to_uint8(im)) for im in images]), TextEmbedder(embedder)(prompts))
     model = CLIPModel.from_pretrained(random_clip, local_files_only=True).eval()
-    tokens = AutoTokenizer.from_pretrained(random_clip, local_files_only=True)(prompts, padding=True, return_tensors="pt")
+    tokenizer = AutoTokenizer.from_pretrained(random_clip, local_files_only=True)
+    tokens = tokenizer(prompts, padding=True, return_tensors="pt")
     pixels = (torch.cat([pil_to_uint8(im) for im in images]).float() / 255 - embedder.mean) / embedder.std
     with torch.no_grad():
         out = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, pixel_values=pixels)
@@ -248,7 +249,8 @@ def test_eval_generation_errors(tmp_path, random_clip, capsys):
         return code, capsys.readouterr().err
 
     code, err = run(samples, "--clip-model", tmp_path / "no-such-clip")
-    assert code == 1 and err.count("\n") == 1 and "--clip-model: model folder not found" in err and "no-such-clip" in err
+    assert code == 1 and err.count("\n") == 1
+    assert "--clip-model: model folder not found" in err and "no-such-clip" in err
     code, err = run(samples, "--reference", samples)
     assert code == 1 and "--feature-model DIR" in err
     empty = tmp_path / "empty-model"

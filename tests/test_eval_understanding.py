@@ -104,7 +104,8 @@ def test_circular_accuracy():
                              "answer": "B", "category": "color"})
     q2 = circular_questions({"question_id": 2, "question": "Which shape?", "options": ["circle", "square"],
                              "answer": "A", "category": "shape"})
-    # q1's variants want B, A, C: answered B, "A. green", "(B)" -> the last is wrong; q2's want A, B (circle, then square first): both right
+    # q1's variants want B, A, C: answered B, "A. green", "(B)" -> the last is wrong;
+    # q2's want A, B (circle, then square shown first): both right
     answers = ["B", "A. green", "(B)", "A", "circle"]
     s = multiple_choice_scores(list(zip(q1 + q2, answers)))
     assert s["accuracy"] == pytest.approx(4 / 5) and s["circular_accuracy"] == pytest.approx(1 / 2)
@@ -140,7 +141,8 @@ def test_score_files_and_the_command(tmp_path, capsys):
 
     captions_q = write(tmp_path / "c.jsonl", [{"question_id": "1", "text": "Describe.", "answer": ["a cat"]},
                                               {"question_id": "2", "text": "Describe.", "answer": "a dog"}])
-    captions_a = write(tmp_path / "ca.jsonl", [{"question_id": "1", "text": "A cat."}, {"question_id": 2, "text": "a dog"}])
+    captions_a = write(tmp_path / "ca.jsonl", [{"question_id": "1", "text": "A cat."},
+                                               {"question_id": 2, "text": "a dog"}])
     assert score_understanding("cider", captions_q, captions_a)["cider"] == pytest.approx(5.0)
 
     code = main(["eval", "understanding", "--metric", "exact-match", "--questions", str(captions_q), "--answers",

@@ -126,7 +126,8 @@ def _format(result: dict, indent: str = "") -> list[str]:
 @command("eval understanding", "a standard understanding metric from a questions file and an answers file",
          arg("--metric", required=True, choices=("exact-match", "pope", "mme", "multiple-choice", "cider")),
          arg("--questions", required=True, metavar="Q.jsonl", help="question lines with their references"),
-         arg("--answers", required=True, metavar="A.jsonl", help="the LLaVA answers file (janusflow ask --question-file)"),
+         arg("--answers", required=True, metavar="A.jsonl",
+             help="the LLaVA answers file (janusflow ask --question-file)"),
          arg("--out", metavar="FILE", help="write the results as JSON"))
 def understanding(args: argparse.Namespace) -> int:
     from .understanding import score_understanding
