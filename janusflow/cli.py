@@ -1,7 +1,9 @@
 """The ``janusflow`` command. Each subcommand is one function registered with ``@command``; the
 work lives in the library (pipeline, understanding, parity), this file parses and prints.
 Subcommands may live elsewhere: every ``janusflow/<subpackage>/cli.py`` is imported before parsing,
-so a module there registers its own with ``@command`` (e.g. ``serve``).
+so a module there registers its own with ``@command`` (e.g. ``serve``). A two-word name registers a
+subcommand of a group: ``@command("eval shapes", ...)`` is ``janusflow eval shapes``; ``command_group``
+gives the group its help.
 
 Bad input ends with one line on stderr (``janusflow: error: ...``) and a non-zero exit: 1 for bad
 input or files, 2 for bad usage or when no model is given and no default model is installed.
@@ -41,6 +43,7 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {}
+GROUPS: dict[str, str] = {}  # group name -> help, for two-word commands ("eval shapes")
 
 
 def arg(*flags: str, **kwargs) -> tuple:
@@ -53,6 +56,11 @@ def command(name: str, help: str, *arguments: tuple):
         COMMANDS[name] = Command(name, help, arguments, run)
         return run
     return register
+
+
+def command_group(name: str, help: str) -> None:
+    """The help of ``janusflow NAME``, whose subcommands register as ``@command("NAME sub", ...)``."""
+    GROUPS[name] = help
 
 
 # -- shared options -------------------------------------------------------------------------------------
@@ -213,21 +221,26 @@ def best_of_judge(pipe, name: str | None):
          arg("--question-file", metavar="Q.jsonl"), arg("--image-folder", metavar="DIR"),
          arg("--answers-file", metavar="A.jsonl"), arg("--batch-size", type=int, default=8),
          arg("--model-id", default=None, help="model_id written in the answers (default: the model folder's name)"),
+         arg("--num-chunks", type=int, default=1, help="split the question file into this many chunks (LLaVA's split)"),
+         arg("--chunk-idx", type=int, default=0, help="answer this chunk (0-based) of --num-chunks"),
          arg("--no-stream", action="store_true", help="print the answer at the end instead of token by token"),
          *DECODING, *MODEL)
 def ask(args: argparse.Namespace) -> int:
     from .processor import load_image
-    from .understanding import answer_llava_questions, print_streamer, read_llava_questions, user_message
+    from .understanding import print_streamer, user_message
 
     config = decoding_config(args)
     if args.question_file:
+        from .eval.llava import answer_llava_questions, get_chunk, read_llava_questions
+
         if args.inputs or not args.answers_file:
             raise InputError("with --question-file give --answers-file (and --image-folder), no positional inputs")
-        read_llava_questions(args.question_file, args.image_folder)
+        get_chunk(read_llava_questions(args.question_file, args.image_folder), args.num_chunks, args.chunk_idx)
         chat = load_chat(args)
         model_id = args.model_id or model_dir(args).resolve().name
         n = answer_llava_questions(chat, args.question_file, args.image_folder, args.answers_file, model_id,
-                                   args.batch_size, config, generator=args.seed)
+                                   args.batch_size, config, generator=args.seed, num_chunks=args.num_chunks,
+                                   chunk_idx=args.chunk_idx)
         print(f"wrote {n} answer(s) to {args.answers_file}")
         return 0
     if not args.inputs:
@@ -320,8 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="JanusFlow: image understanding and rectified-flow generation")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    groups: dict[str, argparse._SubParsersAction] = {}
     for c in COMMANDS.values():
-        sub = subparsers.add_parser(c.name, help=c.help, description=c.help)
+        group, _, name = c.name.rpartition(" ")
+        if group and group not in groups:
+            about = GROUPS.get(group, "")
+            groups[group] = subparsers.add_parser(group, help=about, description=about).add_subparsers(
+                dest=f"{group}_command", metavar="COMMAND", required=True)
+        sub = (groups[group] if group else subparsers).add_parser(name, help=c.help, description=c.help)
         for flags, kwargs in c.arguments:
             sub.add_argument(*flags, **kwargs)
         sub.set_defaults(run=c.run)

@@ -17,13 +17,11 @@ over ``generate`` for messages, batches and multi-turn chats.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
@@ -223,61 +221,6 @@ class JanusFlowChat:
         answer = self.answer([conversation.messages], **kwargs)[0]
         conversation.add_assistant(answer)
         return answer
-
-
-# -- the LLaVA evaluation layout ----------------------------------------------------------------------
-
-
-def read_llava_questions(question_file: str | os.PathLike, image_folder: str | os.PathLike | None) -> list[dict]:
-    """Lines ``{"question_id", "image", "text"}`` (``image`` relative to ``image_folder``, optional)."""
-    from .jsonl import read_jsonl
-
-    path = Path(os.fspath(question_file))
-    questions = []
-    for number, _, item in read_jsonl(path, "question file"):
-        if "question_id" not in item or not isinstance(item.get("text"), str):
-            raise InputError(f"{path}:{number}: each line needs \"question_id\" and a string \"text\"")
-        image = item.get("image")
-        if image is not None:
-            if image_folder is None:
-                raise InputError(f"{path}:{number}: the question has an image; pass the image folder")
-            image = Path(os.fspath(image_folder)) / image
-            if not image.is_file():
-                raise InputError(f"{path}:{number}: image file not found: {image}")
-        questions.append({"question_id": item["question_id"], "text": item["text"], "image": image})
-    if not questions:
-        raise InputError(f"{path}: no questions")
-    return questions
-
-
-def answer_llava_questions(chat: JanusFlowChat, question_file, image_folder, answers_file, model_id: str,
-                           batch_size: int = 8, config: DecodingConfig | None = None, show_progress: bool = True,
-                           generator=None) -> int:
-    """Answer a LLaVA question file in batches; each output line is
-    ``{"question_id", "prompt", "text", "model_id"}`` (prompt = the question's text), in input order.
-    LLaVA's ``<image>`` marker in a question becomes the image's place; otherwise the image comes first."""
-    from tqdm.auto import tqdm
-
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
-    config = config or DecodingConfig()
-    config.validate()
-    questions = read_llava_questions(question_file, image_folder)
-    out = Path(os.fspath(answers_file))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", encoding="utf-8") as f, tqdm(total=len(questions), desc="questions", unit="q",
-                                                        disable=not show_progress) as bar:
-        for start in range(0, len(questions), batch_size):
-            chunk = questions[start:start + batch_size]
-            conversations = [[user_message(q["text"].replace("<image>", IMAGE_TOKEN),
-                                           [q["image"]] if q["image"] is not None else [])] for q in chunk]
-            answers = chat.answer(conversations, config, generator)
-            for q, answer in zip(chunk, answers):
-                f.write(json.dumps({"question_id": q["question_id"], "prompt": q["text"], "text": answer,
-                                    "model_id": model_id}, ensure_ascii=False) + "\n")
-            f.flush()
-            bar.update(len(chunk))
-    return len(questions)
 
 
 def print_streamer(tokenizer, file=None):

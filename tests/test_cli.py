@@ -189,7 +189,7 @@ def test_ask_llava_layout(capsys, model_dir, image, chat, tmp_path):
                          "--max-new-tokens", 4)
     assert code == 0, err
     answers = [json.loads(line) for line in answers_file.read_text().splitlines()]
-    assert [set(a) for a in answers] == [{"question_id", "prompt", "text", "model_id"}] * 3
+    assert [list(a) for a in answers] == [["question_id", "prompt", "text", "answer_id", "model_id", "metadata"]] * 3
     assert [a["question_id"] for a in answers] == [0, 1, 2] and answers[0]["model_id"] == "tiny-model"
     assert answers[1]["text"] == chat.ask([image], "How many shapes are there?", max_new_tokens=4)
 

@@ -1,10 +1,9 @@
 """Understanding: decoding through ``generate()`` against the hand-written loop it replaced and the
 full-recompute reference, stopping, batches with left padding, sampling, streaming, multi-turn
-conversations and the LLaVA layout."""
+conversations (the LLaVA layout: test_eval_llava.py)."""
 
 from __future__ import annotations
 
-import json
 import threading
 
 import numpy as np
@@ -15,7 +14,7 @@ from PIL import Image
 from inference_helpers import tiny_model, tiny_processor
 from janusflow.errors import InputError
 from janusflow.understanding import (
-    Conversation, DecodingConfig, JanusFlowChat, answer_llava_questions, decode, user_message,
+    Conversation, DecodingConfig, JanusFlowChat, decode, user_message,
 )
 from reference_decoding import reference_decode, select_next
 
@@ -195,27 +194,6 @@ def test_bad_questions(chat):
         chat.ask([], "word " * 600)
     with pytest.raises(InputError, match="not found"):
         chat.ask(["/nonexistent/image.png"], "what?")
-
-
-def test_llava_layout(chat, tmp_path):
-    images = tmp_path / "images"
-    images.mkdir()
-    RED.save(images / "red.png")
-    BLUE.save(images / "blue.jpg")
-    questions = [{"question_id": "q1", "image": "red.png", "text": "What color?"},
-                 {"question_id": 7, "image": "blue.jpg", "text": "<image>\nDescribe it."},
-                 {"question_id": "q3", "image": "red.png", "text": "Is it round?\nAnswer with one word."}]
-    qfile = tmp_path / "q.jsonl"
-    qfile.write_text("".join(json.dumps(q) + "\n" for q in questions))
-    answers_file = tmp_path / "out" / "a.jsonl"
-    n = answer_llava_questions(chat, qfile, images, answers_file, "tiny", batch_size=2,
-                               config=DecodingConfig(max_new_tokens=5), show_progress=False)
-    answers = [json.loads(line) for line in answers_file.read_text().splitlines()]
-    assert n == 3 and [a["question_id"] for a in answers] == ["q1", 7, "q3"]
-    assert all(set(a) == {"question_id", "prompt", "text", "model_id"} and a["model_id"] == "tiny" for a in answers)
-    assert [a["prompt"] for a in answers] == [q["text"] for q in questions]
-    expected = chat.ask([images / "red.png"], "Is it round?\nAnswer with one word.", max_new_tokens=5)
-    assert answers[2]["text"] == expected
 
 
 def test_streamer_ends_on_errors(chat):

@@ -11,7 +11,7 @@ draws its noise from seed + i) at the default sampler settings (30 Euler steps, 
 self-check (``self_check.py``), the one-image latency included, with N from ``--candidates`` or else
 the model's ``image_generation_config.json`` (what ``janusflow generate`` uses; 1: the plain sampler).
 Understanding:
-``evaluate.llava_questions`` (fresh scenes, one question each) -> ``understanding.answer_llava_questions``
+``evaluate.llava_questions`` (fresh scenes, one question each) -> ``eval.llava.answer_llava_questions``
 (what ``janusflow ask --question-file`` runs; greedy) -> ``evaluate.score_llava_answers``. Written under OUT:
 
     geneval/metadata.jsonl, geneval/images/{i:05d}/samples/{k:04d}.png
@@ -76,7 +76,8 @@ def evaluate_shapes(model: str | os.PathLike, out: str | os.PathLike, prompts_pe
     from ..best_of import CountingJudge
     from ..errors import InputError
     from ..pipeline import JanusFlowPipeline, generate_geneval
-    from ..understanding import DecodingConfig, JanusFlowChat, answer_llava_questions
+    from ..eval.llava import answer_llava_questions
+    from ..understanding import DecodingConfig, JanusFlowChat
     from .evaluate import geneval_metadata, llava_questions, read_jsonl, score_geneval_folder, score_llava_answers
     from .evaluate import write_jsonl
     from .grid import sample_grid
@@ -187,8 +188,7 @@ def format_results(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@command("eval", "score a model on the shapes world (GenEval and LLaVA layouts, exact scorer)",
-         arg("suite", choices=("shapes",), help="the benchmark: shapes (the embedded world)"),
+@command("eval shapes", "score a model on the shapes world (GenEval and LLaVA layouts, exact scorer)",
          arg("--model", metavar="DIR", help="model folder; default: the embedded model"),
          arg("--out", default="runs/eval-shapes", metavar="DIR", help="images, answers and results.json"),
          arg("--prompts-per-category", type=int, default=50),
