@@ -12,9 +12,11 @@ Images stay 8-bit (uint8) in a batch, a quarter of float32's bytes for data work
 ``normalize_pixels``, as ``preprocess_image``; the latent encoder: x / 127.5 - 1).
 
 Generation: the image is resized (short side) and randomly cropped to a square of the latent
-encoder's size; the same crop, preprocessed for understanding, is the REPA target's input. With
-probability ``prompt_dropout`` the prompt row is replaced by its unconditional row from
-:func:`janusflow.processor.make_uncond`, the one function the sampler uses for guidance. Every
+encoder's size; the same crop, preprocessed for understanding, is the REPA target's input. The
+prompt row is in the stage's format (:func:`generation_prompt_ids`: ``plain`` "<prompt><image>" in
+pre-training, ``chat`` the inference template). With probability ``prompt_dropout`` it is replaced by
+its unconditional row from :func:`janusflow.processor.make_uncond`, the one function the sampler
+uses for guidance, so the unconditional row follows the same format. Every
 random number of a sample (crop, dropout, t, x0) comes from a generator seeded by
 (seed, slot key), the slot's place in the run, so processes and resumed runs draw the same values.
 """
@@ -93,6 +95,7 @@ class CollateConfig:
     repa: bool = True
     max_text_tokens: int = 1024
     seed: int = 0
+    prompt_format: str = "chat"  # "plain" or "chat" (generation_prompt_ids)
 
 
 # -- understanding and text ------------------------------------------------------------------------
@@ -210,12 +213,29 @@ def to_model_inputs(batch: JanusFlowBatch) -> JanusFlowBatch:
     return batch
 
 
+def generation_prompt_ids(processor, prompt: str, prompt_format: str) -> list[int]:
+    """A generation prompt's ids, BOS first and the generation tag last (its slot takes t_emb):
+        chat:  BOS "User: {prompt}\\n\\nAssistant:" GEN   (the inference processor's row)
+        plain: BOS "{prompt}" GEN                        (the paper's pre-training "<prompt><image>")"""
+    if prompt_format == "chat":
+        return processor.encode_generation_prompt(prompt)
+    if prompt_format != "plain":
+        raise InputError(f"unknown prompt format {prompt_format!r}; formats are plain and chat")
+    processor.generation_prompt_text(prompt)  # the chat row's checks: a string, not empty, no reserved token
+    ids = processor.encode_text(prompt.strip()) + [processor.gen_id]
+    total = len(ids) + processor.num_gen_image_tokens
+    if processor.max_length is not None and total > processor.max_length:
+        raise InputError(f"the prompt is {len(ids)} tokens; with the {processor.num_gen_image_tokens} image tokens "
+                         f"the sequence is {total}, over max_length = {processor.max_length}")
+    return ids
+
+
 class GenItem:
     """One prepared generation row (prompt ids, random draws, pixels or cached tensors)."""
 
     def __init__(self, processor, sample: CaptionSample, cfg: CollateConfig, slot):
         g = sample_generator(cfg.seed, "gen", slot)
-        self.ids = processor.encode_generation_prompt(sample.caption)
+        self.ids = generation_prompt_ids(processor, sample.caption, cfg.prompt_format)
         self.latent, self.features = sample.latent, sample.und_features
         self.gen_pixels = self.und_pixels = None
         if self.latent is None or (cfg.repa and self.features is None):
@@ -232,7 +252,8 @@ class GenItem:
         self.x0 = torch.randn(cfg.latent_shape, generator=g)
         # no random draw: the stream of every other field is the same with or without negatives
         negative = getattr(sample, "negative", None)
-        self.neg_ids = processor.encode_generation_prompt(negative) if negative and not self.dropped else None
+        self.neg_ids = (generation_prompt_ids(processor, negative, cfg.prompt_format)
+                        if negative and not self.dropped else None)
 
 
 def gen_batch(processor, items: list[GenItem]) -> GenBatch:

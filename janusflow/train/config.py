@@ -81,6 +81,12 @@ class DataConfig:
     cache: str | None = None  # folder of precomputed latents / REPA features (see `cache` command)
     max_text_tokens: int = 1024
     max_skip_fraction: float = 0.5  # stop when more than this share of samples is unreadable (after 50)
+    # sequence packing (packing.py): samples of every task share rows of seq_len tokens, each attending
+    # only to itself; stage.batch_size then counts rows. attention: "sdpa" (a boolean block mask, the
+    # reference), "flex" (FlexAttention's block-sparse kernel) or "auto" (flex on CUDA, else sdpa)
+    packing: bool = False
+    seq_len: int = 4096
+    attention: str = "auto"
 
 
 @dataclass
@@ -182,6 +188,9 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Tr
     if not isinstance(stage, dict):
         raise ConfigError("stage must be a preset name or a mapping")
     stage = dict(stage)
+    if isinstance(stage.get("phases"), list):  # `ratios` reads as `ratio` in a phase
+        stage["phases"] = [{("ratio" if k == "ratios" else k): v for k, v in phase.items()}
+                           if isinstance(phase, dict) and "ratio" not in phase else phase for phase in stage["phases"]]
     base = stage_preset(stage.pop("preset")) if "preset" in stage else StageConfig()
     data["stage"] = {**dataclasses.asdict(base), **stage}
     config = build(TrainConfig, data, "config")
@@ -198,6 +207,10 @@ def build(cls, data: Any, where: str):
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(names)}")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {missing}")
     return cls(**{k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()})
 
 

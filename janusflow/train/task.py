@@ -32,7 +32,8 @@ from .config import LossConfig, TrainConfig
 from .losses import RepaProjector, flow_errors, negative_prompt_sum, next_token_ce_sum, repa_sum, weighted_sum
 from ..tokenizer_build import IMAGE_TOKEN
 from .samples import TASKS, CaptionSample, ConversationSample, TextSample
-from .sources import Epochs, Mixture, open_source
+from .mixture import MixSchedule
+from .sources import Epochs, open_source
 from .trainer import Shard, share
 
 
@@ -225,12 +226,13 @@ class JanusFlowTask:
         self.latent_encoder = latent_encoder if latent_encoder is not None else build_latent_encoder(config, model)
 
         stage = config.stage
-        self.mixture = Mixture(stage.ratio, stage.batch_size)
+        self.schedule = MixSchedule(stage.ratio, stage.batch_size, [(p.until_step, p.ratio) for p in stage.phases])
+        self.mixture = self.schedule.final  # the stage's own mix (after its phases)
         specs = {task: getattr(config.data, task) for task in TASKS}
         specs.update(sources or {})
         self.sources = {}
         for task in TASKS:
-            if self.mixture.weights[task] == 0:
+            if not self.schedule.uses(task):
                 continue
             if not specs.get(task):
                 raise ConfigError(f"the stage's ratio asks for {task} data but data.{task} is empty")
@@ -242,7 +244,7 @@ class JanusFlowTask:
                 frozen_encoder = not any(stage.trains(n) for n in names)
                 source = CachedSource(source, config.data.cache, frozen_encoder, fingerprint(config))
             self.sources[task] = Epochs(source, config.seed, config.data.shuffle)
-        if self.mixture.weights["gen"] and self.latent_encoder is None:
+        if self.schedule.uses("gen") and self.latent_encoder is None:
             raise ConfigError("generation data needs a VAE: set vae.path (a diffusers AutoencoderKL folder)")
         gen = model.config.gen_vision
         gen_size = self.latent_encoder.image_size if self.latent_encoder is not None else 0
@@ -250,7 +252,8 @@ class JanusFlowTask:
             latent_shape=(gen.latent_channels, gen.latent_size, gen.latent_size), gen_image_size=gen_size,
             prompt_dropout=config.losses.prompt_dropout, time_distribution=config.losses.time_distribution,
             time_mean=config.losses.time_mean, time_std=config.losses.time_std,
-            repa=self.module.repa_head is not None, max_text_tokens=config.data.max_text_tokens, seed=config.seed)
+            repa=self.module.repa_head is not None, max_text_tokens=config.data.max_text_tokens, seed=config.seed,
+            prompt_format=stage.prompt_format)
         self.device = torch.device("cpu")
         self.base = {"step": 0, "positions": {k: 0 for k in TASKS}}
         self.next_step = 0
@@ -328,12 +331,14 @@ class JanusFlowTask:
 
     def state_dict(self) -> dict[str, Any]:
         """The data position: samples of each task read before ``next_step``, and how to continue."""
-        return {"base": self.base, "ratio": self.mixture.weights, "batch_size": self.mixture.batch_size,
-                "next_step": self.next_step, "positions": self._positions(self.next_step, self.mixture)}
+        return {"base": self.base, "ratio": self.mixture.weights, "phases": self.schedule.phases(),
+                "batch_size": self.schedule.batch_size, "next_step": self.next_step,
+                "positions": self._positions(self.next_step)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.base, self.next_step = state["base"], state["next_step"]
-        if state["ratio"] != self.mixture.weights or state["batch_size"] != self.mixture.batch_size:
+        if (state["ratio"] != self.mixture.weights or state.get("phases", []) != self.schedule.phases()
+                or state["batch_size"] != self.schedule.batch_size):
             # the mix changed on resume: continue every stream where the checkpoint left it
             self.base = {"step": self.next_step, "positions": state["positions"]}
 
@@ -361,15 +366,15 @@ class JanusFlowTask:
         self.export(directory, model)
 
     # -- data -------------------------------------------------------------------------------------
-    def _positions(self, step: int, mixture: Mixture) -> dict[str, int]:
-        rel = mixture.positions(step - self.base["step"])
+    def _positions(self, step: int) -> dict[str, int]:
+        rel = self.schedule.positions(step, self.base["step"])
         return {k: self.base["positions"][k] + rel[k] for k in TASKS}
 
     def _slots(self, step: int) -> list[tuple[str, int, tuple[int, int]]]:
         """(task, position in its stream, random key) of each slot of the global batch of ``step``."""
         base_pos, base_step = self.base["positions"], self.base["step"]
         return [(task, base_pos[task] + position, (base_step, slot))  # key: unique even after a rebase
-                for task, position, slot in self.mixture.step_slots(step - base_step)]
+                for task, position, slot in self.schedule.step_slots(step, base_step)]
 
     def _collate(self, part: list[tuple[str, int, tuple[int, int]]], needed: set[str] = frozenset()) -> JanusFlowBatch:
         rows: dict[str, list] = {task: [] for task in TASKS}
