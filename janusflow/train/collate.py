@@ -82,6 +82,7 @@ class JanusFlowBatch:
     gen: GenBatch | None = None
     skipped: int = 0
     placeholders: tuple[str, ...] = ()  # parts holding one placeholder row that adds nothing (FSDP)
+    packed: "PackedBatch | None" = None  # data.packing: rows of segments of every task (packing.py)
 
 
 @dataclass
@@ -124,6 +125,15 @@ def answer_spans(processor, sample: ConversationSample) -> tuple[str, list[tuple
 def encode_conversation(processor, sample: ConversationSample) -> tuple[list[int], list[int], torch.Tensor]:
     """(ids, labels, pixel_values) with each image expanded to boi, P x image, eoi (all unlabelled);
     pixel_values (n, 3, S, S) uint8."""
+    ids, labels = conversation_ids(processor, sample)
+    size = processor.image_size
+    pixels = (torch.stack([resize_and_pad(im, size, processor.min_size) for im in sample.images]) if sample.images
+              else torch.zeros((0, 3, size, size), dtype=torch.uint8))
+    return ids, labels, pixels
+
+
+def conversation_ids(processor, sample: ConversationSample) -> tuple[list[int], list[int]]:
+    """:func:`encode_conversation`'s (ids, labels) without reading the images."""
     text, spans = answer_spans(processor, sample)
     encoded = processor.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, labels = [processor.bos_id], [IGNORE]
@@ -141,10 +151,7 @@ def encode_conversation(processor, sample: ConversationSample) -> tuple[list[int
         raise InputError(f"the conversation has {placeholders} image placeholders but {len(images)} images")
     if processor.max_length is not None and len(ids) > processor.max_length:
         raise InputError(f"the conversation is {len(ids)} tokens, over max_length {processor.max_length}")
-    size = processor.image_size
-    pixels = (torch.stack([resize_and_pad(im, size, processor.min_size) for im in images]) if images
-              else torch.zeros((0, 3, size, size), dtype=torch.uint8))
-    return ids, labels, pixels
+    return ids, labels
 
 
 def encode_text(processor, sample: TextSample, max_tokens: int) -> tuple[list[int], list[int]]:
@@ -207,9 +214,12 @@ def to_model_inputs(batch: JanusFlowBatch) -> JanusFlowBatch:
     a batch already converted is returned unchanged."""
     if batch.und is not None:
         batch.und.pixel_values = _floats(batch.und.pixel_values, normalize_pixels)
-    if batch.gen is not None:
-        batch.gen.gen_pixels = _floats(batch.gen.gen_pixels, latent_encoder_pixels)
-        batch.gen.und_pixels = _floats(batch.gen.und_pixels, normalize_pixels)
+    for part in (batch.gen, batch.packed):
+        if part is not None:
+            part.gen_pixels = _floats(part.gen_pixels, latent_encoder_pixels)
+            part.und_pixels = _floats(part.und_pixels, normalize_pixels)
+    if batch.packed is not None:
+        batch.packed.pixel_values = _floats(batch.packed.pixel_values, normalize_pixels)
     return batch
 
 
@@ -230,6 +240,12 @@ def generation_prompt_ids(processor, prompt: str, prompt_format: str) -> list[in
     return ids
 
 
+def prompt_dropped(generator: torch.Generator, cfg: CollateConfig) -> bool:
+    """The first draw of a generation sample's generator (seeded by (seed, "gen", slot)): is its prompt
+    replaced by the unconditional row?"""
+    return bool(torch.rand(1, generator=generator) < cfg.prompt_dropout)
+
+
 class GenItem:
     """One prepared generation row (prompt ids, random draws, pixels or cached tensors)."""
 
@@ -247,7 +263,7 @@ class GenItem:
             self.gen_pixels = to_uint8(crop) if self.latent is None else None
             if cfg.repa and self.features is None:
                 self.und_pixels = resize_and_pad(crop, processor.image_size, processor.min_size)
-        self.dropped = bool(torch.rand(1, generator=g) < cfg.prompt_dropout)
+        self.dropped = prompt_dropped(g, cfg)
         self.t = sample_time(1, cfg.time_distribution, cfg.time_mean, cfg.time_std, generator=g)
         self.x0 = torch.randn(cfg.latent_shape, generator=g)
         # no random draw: the stream of every other field is the same with or without negatives

@@ -8,7 +8,8 @@
     losses:  {prompt_dropout: 0.1, time_distribution: logit_normal, time_mean: 0, time_std: 1,
               repa_weight: 1.0, repa_layer: 6, repa_hidden: null,
               negative_weight: 0, negative_margin: 0.01, negative_max_t: 0.5}   # see train/losses.py
-    data:    {und: [...], gen: [...], text: [...]}   # .jsonl files, .tar shards, globs or folders
+    data:    {und: [...], gen: [...], text: [...],   # .jsonl files, .tar shards, globs or folders
+              packing: false, seq_len: 4096, attention: auto}  # packed rows (see train/packing.py)
     lora:    {enabled: false, r: 16, alpha: 32, ...}
     trainer: {grad_accum: 1, ema_decay: 0.99, save_every: 100, ...}
 
@@ -88,6 +89,14 @@ class DataConfig:
     seq_len: int = 4096
     attention: str = "auto"
 
+    def validate(self) -> None:
+        if self.seq_len < 2:
+            raise ConfigError(f"data.seq_len must be >= 2, got {self.seq_len}")
+        if self.attention not in ("auto", "sdpa", "flex"):
+            raise ConfigError(f"data.attention must be auto, sdpa or flex, got {self.attention!r}")
+        if self.max_text_tokens < 2 or not 0 <= self.max_skip_fraction <= 1:
+            raise ConfigError("data: max_text_tokens must be >= 2 and max_skip_fraction in [0, 1]")
+
 
 @dataclass
 class LoraSettings:
@@ -135,6 +144,7 @@ class TrainConfig:
     def validate(self) -> None:
         self.stage.validate()
         self.losses.validate()
+        self.data.validate()
         if self.model.path is None and self.model.preset is None and self.model.config is None:
             raise ConfigError("model: give path (a model folder), preset or config")
         if self.model.dtype not in ("float32", "bfloat16"):
