@@ -118,7 +118,13 @@ def test_no_token_attends_across_segments(toy, tmp_path):
 
 
 def test_flex_attention_gives_the_sdpa_losses(toy, tmp_path):
-    _, task = packed_task(toy, tmp_path)
+    from janusflow.config import JanusFlowConfig
+
+    path = tmp_path / "config.json"  # the tiny model with heads of 16 (FlexAttention's CUDA kernel needs >= 16)
+    cfg = JanusFlowConfig.from_name("tiny")
+    cfg.language.num_attention_heads, cfg.language.num_key_value_heads = 2, 1  # and grouped-query attention
+    cfg.save(path)
+    _, task = packed_task(toy, tmp_path, "model.preset=null", f"model.config={path}")
     packed, _ = _step(task)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     task.module.to(device)

@@ -25,14 +25,17 @@ import torch
 FLEX = "janusflow_flex"  # the attention implementation name registered with transformers
 
 
-def resolve_attention(choice: str, device: torch.device) -> str:
-    """``data.attention`` -> "sdpa" or "flex" ("auto": flex on CUDA when torch has it, else sdpa)."""
+def resolve_attention(choice: str, device: torch.device, head_dim: int) -> str:
+    """``data.attention`` -> "sdpa" or "flex" ("auto": flex on CUDA when torch has it and the heads are
+    of 16 or more, the least its compiled kernel takes; else sdpa)."""
     if choice not in ("auto", "sdpa", "flex"):
         raise ValueError(f"data.attention must be auto, sdpa or flex, got {choice!r}")
+    usable = flex_available() and (device.type != "cuda" or head_dim >= 16)
     if choice == "auto":
-        return "flex" if device.type == "cuda" and flex_available() else "sdpa"
-    if choice == "flex" and not flex_available():
-        raise ValueError("data.attention=flex needs torch.nn.attention.flex_attention (torch >= 2.5)")
+        return "flex" if device.type == "cuda" and usable else "sdpa"
+    if choice == "flex" and not usable:
+        raise ValueError("data.attention=flex needs torch.nn.attention.flex_attention (torch >= 2.5) and, on "
+                         f"CUDA, attention heads of 16 or more (the LLM's are {head_dim})")
     return choice
 
 

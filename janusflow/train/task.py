@@ -160,7 +160,9 @@ class JanusFlowTask:
         self.pad_parts = ctx.active and self.config.trainer.distributed == "fsdp"
         if self.latent_encoder is not None:
             self.latent_encoder.to(ctx.device)
-        if self.packer is not None and resolve_attention(self.config.data.attention, ctx.device) == "flex":
+        language = self.model.config.language
+        head_dim = language.hidden_size // language.num_attention_heads
+        if self.packer is not None and resolve_attention(self.config.data.attention, ctx.device, head_dim) == "flex":
             use_flex_attention(self.model.language_model)
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
