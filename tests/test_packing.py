@@ -14,7 +14,8 @@ from janusflow.errors import ConfigError, InputError
 from janusflow.train import Shard, Trainer
 from janusflow.train.checkpointing import latest_checkpoint
 from janusflow.train.config import load_config
-from janusflow.train.packed_attention import (FLEX, block_document_mask, dense_document_mask, use_flex_attention)
+from janusflow.train.packed_attention import (FLEX, block_document_mask, dense_document_mask, resolve_attention,
+                                              use_flex_attention)
 from janusflow.train.packed_forward import packed_terms
 from janusflow.train.packing import LOOKAHEAD
 from janusflow.train.task import JanusFlowTask
@@ -93,6 +94,28 @@ def test_a_packed_batch_gives_the_unpacked_loss_and_gradients(toy, tmp_path):
     assert grads_p.keys() == grads_u.keys() and len(grads_p) > 50
     for name in grads_u:  # SigLIP's key biases have no gradient but rounding (1e-12): hence atol
         torch.testing.assert_close(grads_p[name], grads_u[name], rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_gradient_checkpointing_recomputes_the_packed_pass_exactly(toy, tmp_path):
+    grads = []
+    for checkpointing in ("false", "true"):
+        _, task = packed_task(toy, tmp_path, f"trainer.gradient_checkpointing={checkpointing}")
+        task.module.train()
+        packed, _ = _step(task)
+        task.module(packed, task.counts(packed))[0].backward()  # the block mask is recomputed with each block
+        grads.append({n: p.grad.clone() for n, p in task.module.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_the_attention_choice(toy, tmp_path):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_attention("auto", cpu, 64) == "sdpa" and resolve_attention("auto", cuda, 64) == "flex"
+    assert resolve_attention("auto", cuda, 8) == "sdpa"  # the compiled kernel takes heads of 16 or more
+    assert resolve_attention("flex", cpu, 8) == "flex" and resolve_attention("sdpa", cuda, 64) == "sdpa"
+    with pytest.raises(ValueError, match="16 or more"):
+        resolve_attention("flex", cuda, 8)
 
 
 def test_no_token_attends_across_segments(toy, tmp_path):
