@@ -12,9 +12,11 @@ Images stay 8-bit (uint8) in a batch, a quarter of float32's bytes for data work
 ``normalize_pixels``, as ``preprocess_image``; the latent encoder: x / 127.5 - 1).
 
 Generation: the image is resized (short side) and randomly cropped to a square of the latent
-encoder's size; the same crop, preprocessed for understanding, is the REPA target's input. With
-probability ``prompt_dropout`` the prompt row is replaced by its unconditional row from
-:func:`janusflow.processor.make_uncond`, the one function the sampler uses for guidance. Every
+encoder's size; the same crop, preprocessed for understanding, is the REPA target's input. The
+prompt row is in the stage's format (:func:`generation_prompt_ids`: ``plain`` "<prompt><image>" in
+pre-training, ``chat`` the inference template). With probability ``prompt_dropout`` it is replaced by
+its unconditional row from :func:`janusflow.processor.make_uncond`, the one function the sampler
+uses for guidance, so the unconditional row follows the same format. Every
 random number of a sample (crop, dropout, t, x0) comes from a generator seeded by
 (seed, slot key), the slot's place in the run, so processes and resumed runs draw the same values.
 """
@@ -80,6 +82,7 @@ class JanusFlowBatch:
     gen: GenBatch | None = None
     skipped: int = 0
     placeholders: tuple[str, ...] = ()  # parts holding one placeholder row that adds nothing (FSDP)
+    packed: "PackedBatch | None" = None  # data.packing: rows of segments of every task (packing.py)
 
 
 @dataclass
@@ -93,6 +96,7 @@ class CollateConfig:
     repa: bool = True
     max_text_tokens: int = 1024
     seed: int = 0
+    prompt_format: str = "chat"  # "plain" or "chat" (generation_prompt_ids)
 
 
 # -- understanding and text ------------------------------------------------------------------------
@@ -121,6 +125,15 @@ def answer_spans(processor, sample: ConversationSample) -> tuple[str, list[tuple
 def encode_conversation(processor, sample: ConversationSample) -> tuple[list[int], list[int], torch.Tensor]:
     """(ids, labels, pixel_values) with each image expanded to boi, P x image, eoi (all unlabelled);
     pixel_values (n, 3, S, S) uint8."""
+    ids, labels = conversation_ids(processor, sample)
+    size = processor.image_size
+    pixels = (torch.stack([resize_and_pad(im, size, processor.min_size) for im in sample.images]) if sample.images
+              else torch.zeros((0, 3, size, size), dtype=torch.uint8))
+    return ids, labels, pixels
+
+
+def conversation_ids(processor, sample: ConversationSample) -> tuple[list[int], list[int]]:
+    """:func:`encode_conversation`'s (ids, labels) without reading the images."""
     text, spans = answer_spans(processor, sample)
     encoded = processor.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, labels = [processor.bos_id], [IGNORE]
@@ -138,10 +151,7 @@ def encode_conversation(processor, sample: ConversationSample) -> tuple[list[int
         raise InputError(f"the conversation has {placeholders} image placeholders but {len(images)} images")
     if processor.max_length is not None and len(ids) > processor.max_length:
         raise InputError(f"the conversation is {len(ids)} tokens, over max_length {processor.max_length}")
-    size = processor.image_size
-    pixels = (torch.stack([resize_and_pad(im, size, processor.min_size) for im in images]) if images
-              else torch.zeros((0, 3, size, size), dtype=torch.uint8))
-    return ids, labels, pixels
+    return ids, labels
 
 
 def encode_text(processor, sample: TextSample, max_tokens: int) -> tuple[list[int], list[int]]:
@@ -204,10 +214,36 @@ def to_model_inputs(batch: JanusFlowBatch) -> JanusFlowBatch:
     a batch already converted is returned unchanged."""
     if batch.und is not None:
         batch.und.pixel_values = _floats(batch.und.pixel_values, normalize_pixels)
-    if batch.gen is not None:
-        batch.gen.gen_pixels = _floats(batch.gen.gen_pixels, latent_encoder_pixels)
-        batch.gen.und_pixels = _floats(batch.gen.und_pixels, normalize_pixels)
+    for part in (batch.gen, batch.packed):
+        if part is not None:
+            part.gen_pixels = _floats(part.gen_pixels, latent_encoder_pixels)
+            part.und_pixels = _floats(part.und_pixels, normalize_pixels)
+    if batch.packed is not None:
+        batch.packed.pixel_values = _floats(batch.packed.pixel_values, normalize_pixels)
     return batch
+
+
+def generation_prompt_ids(processor, prompt: str, prompt_format: str) -> list[int]:
+    """A generation prompt's ids, BOS first and the generation tag last (its slot takes t_emb):
+        chat:  BOS "User: {prompt}\\n\\nAssistant:" GEN   (the inference processor's row)
+        plain: BOS "{prompt}" GEN                        (the paper's pre-training "<prompt><image>")"""
+    if prompt_format == "chat":
+        return processor.encode_generation_prompt(prompt)
+    if prompt_format != "plain":
+        raise InputError(f"unknown prompt format {prompt_format!r}; formats are plain and chat")
+    processor.generation_prompt_text(prompt)  # the chat row's checks: a string, not empty, no reserved token
+    ids = processor.encode_text(prompt.strip()) + [processor.gen_id]
+    total = len(ids) + processor.num_gen_image_tokens
+    if processor.max_length is not None and total > processor.max_length:
+        raise InputError(f"the prompt is {len(ids)} tokens; with the {processor.num_gen_image_tokens} image tokens "
+                         f"the sequence is {total}, over max_length = {processor.max_length}")
+    return ids
+
+
+def prompt_dropped(generator: torch.Generator, cfg: CollateConfig) -> bool:
+    """The first draw of a generation sample's generator (seeded by (seed, "gen", slot)): is its prompt
+    replaced by the unconditional row?"""
+    return bool(torch.rand(1, generator=generator) < cfg.prompt_dropout)
 
 
 class GenItem:
@@ -215,7 +251,7 @@ class GenItem:
 
     def __init__(self, processor, sample: CaptionSample, cfg: CollateConfig, slot):
         g = sample_generator(cfg.seed, "gen", slot)
-        self.ids = processor.encode_generation_prompt(sample.caption)
+        self.ids = generation_prompt_ids(processor, sample.caption, cfg.prompt_format)
         self.latent, self.features = sample.latent, sample.und_features
         self.gen_pixels = self.und_pixels = None
         if self.latent is None or (cfg.repa and self.features is None):
@@ -227,12 +263,13 @@ class GenItem:
             self.gen_pixels = to_uint8(crop) if self.latent is None else None
             if cfg.repa and self.features is None:
                 self.und_pixels = resize_and_pad(crop, processor.image_size, processor.min_size)
-        self.dropped = bool(torch.rand(1, generator=g) < cfg.prompt_dropout)
+        self.dropped = prompt_dropped(g, cfg)
         self.t = sample_time(1, cfg.time_distribution, cfg.time_mean, cfg.time_std, generator=g)
         self.x0 = torch.randn(cfg.latent_shape, generator=g)
         # no random draw: the stream of every other field is the same with or without negatives
         negative = getattr(sample, "negative", None)
-        self.neg_ids = processor.encode_generation_prompt(negative) if negative and not self.dropped else None
+        self.neg_ids = (generation_prompt_ids(processor, negative, cfg.prompt_format)
+                        if negative and not self.dropped else None)
 
 
 def gen_batch(processor, items: list[GenItem]) -> GenBatch:

@@ -8,7 +8,8 @@
     losses:  {prompt_dropout: 0.1, time_distribution: logit_normal, time_mean: 0, time_std: 1,
               repa_weight: 1.0, repa_layer: 6, repa_hidden: null,
               negative_weight: 0, negative_margin: 0.01, negative_max_t: 0.5}   # see train/losses.py
-    data:    {und: [...], gen: [...], text: [...]}   # .jsonl files, .tar shards, globs or folders
+    data:    {und: [...], gen: [...], text: [...],   # .jsonl files, .tar shards, globs or folders
+              packing: false, seq_len: 4096, attention: auto}  # packed rows (see train/packing.py)
     lora:    {enabled: false, r: 16, alpha: 32, ...}
     trainer: {grad_accum: 1, ema_decay: 0.99, save_every: 100, ...}
 
@@ -81,6 +82,20 @@ class DataConfig:
     cache: str | None = None  # folder of precomputed latents / REPA features (see `cache` command)
     max_text_tokens: int = 1024
     max_skip_fraction: float = 0.5  # stop when more than this share of samples is unreadable (after 50)
+    # sequence packing (packing.py): samples of every task share rows of seq_len tokens, each attending
+    # only to itself; stage.batch_size then counts rows. attention: "sdpa" (a boolean block mask, the
+    # reference), "flex" (FlexAttention's block-sparse kernel) or "auto" (flex on CUDA, else sdpa)
+    packing: bool = False
+    seq_len: int = 4096
+    attention: str = "auto"
+
+    def validate(self) -> None:
+        if self.seq_len < 2:
+            raise ConfigError(f"data.seq_len must be >= 2, got {self.seq_len}")
+        if self.attention not in ("auto", "sdpa", "flex"):
+            raise ConfigError(f"data.attention must be auto, sdpa or flex, got {self.attention!r}")
+        if self.max_text_tokens < 2 or not 0 <= self.max_skip_fraction <= 1:
+            raise ConfigError("data: max_text_tokens must be >= 2 and max_skip_fraction in [0, 1]")
 
 
 @dataclass
@@ -129,6 +144,7 @@ class TrainConfig:
     def validate(self) -> None:
         self.stage.validate()
         self.losses.validate()
+        self.data.validate()
         if self.model.path is None and self.model.preset is None and self.model.config is None:
             raise ConfigError("model: give path (a model folder), preset or config")
         if self.model.dtype not in ("float32", "bfloat16"):
@@ -182,6 +198,9 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Tr
     if not isinstance(stage, dict):
         raise ConfigError("stage must be a preset name or a mapping")
     stage = dict(stage)
+    if isinstance(stage.get("phases"), list):  # `ratios` reads as `ratio` in a phase
+        stage["phases"] = [{("ratio" if k == "ratios" else k): v for k, v in phase.items()}
+                           if isinstance(phase, dict) and "ratio" not in phase else phase for phase in stage["phases"]]
     base = stage_preset(stage.pop("preset")) if "preset" in stage else StageConfig()
     data["stage"] = {**dataclasses.asdict(base), **stage}
     config = build(TrainConfig, data, "config")
@@ -198,6 +217,10 @@ def build(cls, data: Any, where: str):
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(names)}")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {missing}")
     return cls(**{k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()})
 
 

@@ -72,8 +72,13 @@ def flow_dpo_loss(error_win: torch.Tensor, ref_error_win: torch.Tensor, error_lo
 
 def repa_sum(projected: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Sum over samples of the token-mean (1 - cosine similarity); both (B, N, W)."""
+    return weighted_sum(repa_errors(projected, target), weight)
+
+
+def repa_errors(projected: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B,) per-sample token-mean of 1 - cosine similarity (the REPA loss before the sum)."""
     cosine = F.cosine_similarity(projected.float(), target.float(), dim=-1)  # (B, N)
-    return weighted_sum((1.0 - cosine).mean(dim=1), weight)
+    return (1.0 - cosine).mean(dim=1)
 
 
 class RepaProjector(nn.Module):

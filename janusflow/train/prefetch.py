@@ -10,7 +10,10 @@ run on the CPU only: they call the task's ``cpu_micro_batches`` when it has one 
 ``micro_batches``), and work that needs the device (encoding images with a VAE on the GPU, say)
 belongs in the task's optional ``on_device(batch)``, which the trainer calls in the training process
 (it must do nothing to a batch already done). A task whose batch building advances some state of
-its own gets ``advance(step)`` called in the training process for each step built by a worker.
+its own gets ``advance(step)`` called in the training process for each step built by a worker. A
+task whose steps depend on the steps before (sequence packing: how many samples fill a step depends
+on their lengths) has ``plan(step)``: cheap and sequential, it runs here in step order, and the
+worker builds the planned step with ``cpu_micro_batches(step, shard, plan)``.
 """
 
 from __future__ import annotations
@@ -30,14 +33,17 @@ def _init_worker() -> None:
     torch.set_num_threads(1)  # many workers share the cores
 
 
-def cpu_batches(task, step: int, shard) -> list[Any]:
+def cpu_batches(task, step: int, shard, plan=None) -> list[Any]:
     """The task's micro-batches of ``step`` before device work: ``cpu_micro_batches`` when the task
-    has it (``on_device`` then runs where the batch trains), else ``micro_batches``."""
+    has it (``on_device`` then runs where the batch trains), else ``micro_batches``; with the step's
+    ``plan`` when one was made (see the module docstring)."""
+    if plan is not None:
+        return task.cpu_micro_batches(step, shard, plan)
     return getattr(task, "cpu_micro_batches", task.micro_batches)(step, shard)
 
 
-def _build(step: int) -> list[Any]:
-    return cpu_batches(_TASK, step, _SHARD)
+def _build(step: int, plan=None) -> list[Any]:
+    return cpu_batches(_TASK, step, _SHARD, plan)
 
 
 class Prefetcher:
@@ -65,7 +71,8 @@ class Prefetcher:
             self.pending.clear()
             self.next_submit = step
         while len(self.pending) < self.depth:
-            self.pending.append((self.next_submit, self.pool.submit(_build, self.next_submit)))
+            plan = self.task.plan(self.next_submit) if hasattr(self.task, "plan") else None
+            self.pending.append((self.next_submit, self.pool.submit(_build, self.next_submit, plan)))
             self.next_submit += 1
         _, result = self.pending.popleft()
         micro = result.result()

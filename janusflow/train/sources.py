@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import torch
 
 from ..errors import InputError
+from .mixture import Mixture  # noqa: F401  (re-exported: it lived here)
 from .samples import FROM_RECORD, TASKS, CaptionSample, Sample, TextSample, check_sample
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
@@ -255,50 +256,3 @@ def _expand_paths(specs: list[str | os.PathLike]) -> list[Path]:
             raise InputError(f"no data files match {spec}")
         paths.extend(found)
     return paths
-
-
-class Mixture:
-    """Which task fills each slot of the global batch, in the ratio asked (e.g. und:gen:text 14:80:6).
-
-    Slots are numbered globally (slot g = step * batch_size + j). The task sequence repeats with
-    period W = sum of the integer weights and is interleaved by smooth weighted round robin, so every
-    W consecutive slots hold exactly w_k slots of task k. The position of slot g in task k's stream
-    is the number of earlier slots of task k: a pure function of g, hence of the step.
-    """
-
-    def __init__(self, ratio: dict[str, int], batch_size: int):
-        weights = {k: int(ratio.get(k, 0)) for k in TASKS}
-        if any(w < 0 for w in weights.values()) or not any(weights.values()):
-            raise InputError(f"the task ratio must be non-negative integers, not all zero: {ratio}")
-        self.weights, self.batch_size = weights, batch_size
-        total = sum(weights.values())
-        current = {k: 0 for k in TASKS}
-        self.period: list[str] = []
-        for _ in range(total):
-            for k in TASKS:
-                current[k] += weights[k]
-            pick = max(TASKS, key=lambda k: (current[k], -TASKS.index(k)))
-            current[pick] -= total
-            self.period.append(pick)
-        self._before = {k: [0] for k in TASKS}  # count of task k in period[:i]
-        for task in self.period:
-            for k in TASKS:
-                self._before[k].append(self._before[k][-1] + (task == k))
-
-    def position(self, task: str, slot: int) -> int:
-        cycles, offset = divmod(slot, len(self.period))
-        return cycles * self.weights[task] + self._before[task][offset]
-
-    def step_slots(self, step: int) -> list[tuple[str, int, int]]:
-        """[(task, position in that task's stream, global slot)] for the global batch of ``step``."""
-        first = step * self.batch_size
-        out = []
-        for slot in range(first, first + self.batch_size):
-            task = self.period[slot % len(self.period)]
-            out.append((task, self.position(task, slot), slot))
-        return out
-
-    def positions(self, step: int) -> dict[str, int]:
-        """Samples of each task consumed before ``step`` (the data position saved in checkpoints)."""
-        slot = step * self.batch_size
-        return {k: self.position(k, slot) for k in TASKS}

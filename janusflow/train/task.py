@@ -1,13 +1,9 @@
-"""JanusFlow as a :class:`~janusflow.train.trainer.TrainTask`: the model, its three losses, its data.
+"""JanusFlow as a :class:`~janusflow.train.trainer.TrainTask`: the model, its objective, its data.
 
-A micro-batch holds up to three parts (understanding rows, text rows, generation rows), in the
-ratio of the stage's mix; each part runs its own forward pass:
-  und:  ids with images -> LLM -> logits -> CE on answer tokens
-  text: ids -> LLM -> logits -> CE on every token after BOS
-  gen:  [prompt[:-1], t_emb, N latent tokens] -> LLM -> velocity -> RF; hidden states after block k
-        -> REPA projector -> cosine with the understanding encoder's features of the clean image;
-        rows with a negative caption run again with it on the same x_t -> the contrastive term
-The losses are defined in :mod:`.losses`; the batch layout in :mod:`.collate`.
+Each step's slots come from the stage's task mix (:mod:`.mixture`, phases included); each sample is
+encoded by :mod:`.collate` and batched per task (unpacked: ``stage.batch_size`` samples a step), or
+packed into ``stage.batch_size`` rows of ``data.seq_len`` tokens (:mod:`.packing`, ``data.packing``).
+The objective and its forward passes are in :mod:`.objective`.
 """
 
 from __future__ import annotations
@@ -21,132 +17,24 @@ import torch.nn as nn
 
 from ..config import JanusFlowConfig
 from ..errors import ConfigError, InputError
-from ..flow import TIME_SCALE, interpolate
 from ..modeling import JanusFlowModel
-from ..processor import JanusFlowProcessor, position_ids_from_left_padding
-from ..prompt_rows import generation_mask
-from . import lora as lora_utils
-from .collate import (IGNORE, CollateConfig, GenItem, JanusFlowBatch, ce_batch, encode_conversation, encode_text,
-                      gen_batch, to_model_inputs, und_batch)
-from .config import LossConfig, TrainConfig
-from .losses import RepaProjector, flow_errors, negative_prompt_sum, next_token_ce_sum, repa_sum, weighted_sum
+from ..processor import JanusFlowProcessor
 from ..tokenizer_build import IMAGE_TOKEN
+from . import lora as lora_utils
+from .collate import (IGNORE, CollateConfig, GenItem, JanusFlowBatch, ce_batch, conversation_ids, encode_conversation,
+                      encode_text, gen_batch, generation_prompt_ids, prompt_dropped, to_model_inputs, und_batch)
+from .config import TrainConfig
+from .mixture import MixSchedule
+from .objective import JanusFlowObjective, negative_rows
+from .packed_attention import resolve_attention, use_flex_attention
+from .packing import Packer, packed_counts, packed_micro_batches
 from .samples import TASKS, CaptionSample, ConversationSample, TextSample
-from .sources import Epochs, Mixture, open_source
-from .trainer import Shard, share
+from .sources import Epochs, open_source, sample_generator
+from .trainer import Shard
 
 
 # In the release's weights but never used by JanusFlow (it reads SigLIP's tokens, not the pooled vector)
 UNUSED = ("und_encoder.siglip.head.",)
-
-
-class JanusFlowObjective(nn.Module):
-    """forward(batch, totals) -> (CE + RF + w * REPA, logs), each term a share of its global mean."""
-
-    def __init__(self, model: JanusFlowModel, losses: LossConfig):
-        super().__init__()
-        self.model = model
-        self.losses = losses
-        cfg = model.config
-        self.repa_head = None
-        if losses.repa_weight > 0:
-            if losses.repa_layer > cfg.language.num_hidden_layers:
-                raise ConfigError(f"losses.repa_layer is {losses.repa_layer} but the LLM has "
-                                  f"{cfg.language.num_hidden_layers} blocks")
-            if cfg.und_vision.grid != cfg.gen_vision.latent_grid:
-                raise ConfigError(
-                    f"REPA needs the same token grid on both sides: the understanding encoder makes a "
-                    f"{cfg.und_vision.grid}x{cfg.und_vision.grid} grid (image_size {cfg.und_vision.image_size} / "
-                    f"patch {cfg.und_vision.patch_size}), the generation encoder a {cfg.gen_vision.latent_grid}x"
-                    f"{cfg.gen_vision.latent_grid} grid (latent {cfg.gen_vision.latent_size} / stride "
-                    f"{cfg.gen_vision.stride}); change one, or set losses.repa_weight=0")
-            self.repa_head = RepaProjector(cfg.hidden_size, losses.repa_hidden or cfg.hidden_size, cfg.und_vision.width)
-
-    def forward(self, batch: JanusFlowBatch, totals: dict[str, float]):
-        model, zero = self.model, self.model.boi_embedding.new_zeros(())
-        ce_und = ce_text = rf = repa = neg = zero
-        neg_logs: dict[str, torch.Tensor] = {}
-        if batch.und is not None:
-            b = batch.und
-            logits = model.forward_understanding(b.input_ids, b.attention_mask, b.pixel_values, b.images_seq_mask,
-                                                 b.images_emb_mask).logits
-            ce_und = next_token_ce_sum(logits, b.labels)
-        if batch.text is not None:
-            b = batch.text
-            ce_text = next_token_ce_sum(model.forward_understanding(b.input_ids, b.attention_mask).logits, b.labels)
-        if batch.gen is not None:
-            rf, repa, neg, neg_logs = self._flow_terms(batch.gen)
-        ce = share(ce_und + ce_text, totals, "ce_tokens")
-        rf_mean, repa_mean = share(rf, totals, "gen_samples"), share(repa, totals, "gen_samples")
-        neg_mean = share(neg, totals, "neg_samples")
-        loss = ce + rf_mean + self.losses.repa_weight * repa_mean + self.losses.negative_weight * neg_mean
-        logs: dict[str, float] = {}  # keys chosen from the global totals: the same on every process
-        if totals.get("ce_tokens", 0) > 0:
-            logs["ce"] = float(ce.detach())
-        for key, value, count in (("ce_und", ce_und, "ce_und_tokens"), ("ce_text", ce_text, "ce_text_tokens")):
-            if totals.get(count, 0) > 0:
-                logs[key] = float(share(value.detach(), totals, count))
-        if totals.get("gen_samples", 0) > 0:
-            logs["rf"] = float(rf_mean.detach())
-            if self.repa_head is not None:
-                logs["repa"] = float(repa_mean.detach())
-        if self.uses_negatives and totals.get("neg_samples", 0) > 0:
-            logs["neg"] = float(neg_mean.detach())
-            # how often the true caption explains the image better than its negative (t < t_max rows)
-            logs["neg_win"] = float(share(neg_logs.get("wins", zero), totals, "neg_samples"))
-        return loss, logs
-
-    @property
-    def uses_negatives(self) -> bool:
-        return self.losses.negative_weight > 0
-
-    def _flow_terms(self, g):
-        model = self.model
-        x1 = g.latents
-        N = model.config.gen_vision.grid_for(x1.shape[-1]) ** 2
-        prefix = model.embed_prompt(g.input_ids)  # (B, L-1, D)
-        mask = generation_mask(g.attention_mask, N)  # (B, L-1+1+N), the t slot attends
-        x_t = interpolate(g.x0, x1, g.t)
-        out = model.forward_generation(prefix, x_t, g.t * TIME_SCALE, attention_mask=mask,
-                                       position_ids=position_ids_from_left_padding(mask),
-                                       output_hidden_states=self.repa_head is not None)
-        errors = flow_errors(out.velocity, g.x0, x1)  # (B,)
-        rf = weighted_sum(errors, g.weight)
-        neg, neg_logs = self._negative_term(g, x_t, errors, N)
-        if self.repa_head is None:
-            return rf, rf.new_zeros(()), neg, neg_logs
-        projected = self.repa_head(out.hidden_states[self.losses.repa_layer][:, -N:])  # (B, N, W)
-        if g.und_features is not None:
-            target = g.und_features
-        else:
-            with torch.no_grad():  # no gradient into the understanding encoder
-                target = model.und_encoder(g.und_pixels.to(projected.dtype))  # (B, N, W)
-        return rf, repa_sum(projected, target, g.weight), neg, neg_logs
-
-    def _negative_term(self, g, x_t: torch.Tensor, errors: torch.Tensor, N: int):
-        """The contrastive term's sum over the rows it uses (:func:`negative_rows`), and its wins; the
-        negative captions of the other rows are not run."""
-        zero = errors.new_zeros(())
-        if not self.uses_negatives or g.neg_rows is None:
-            return zero, {}
-        used = negative_rows(g, self.losses.negative_max_t)
-        if not bool(used.any()):
-            return zero, {}
-        rows, ids, prompt_mask = g.neg_rows[used], g.neg_ids[used], g.neg_mask[used]
-        mask = generation_mask(prompt_mask, N)
-        out = self.model.forward_generation(self.model.embed_prompt(ids), x_t[rows], g.t[rows] * TIME_SCALE,
-                                            attention_mask=mask, position_ids=position_ids_from_left_padding(mask))
-        error_negative = flow_errors(out.velocity, g.x0[rows], g.latents[rows])  # (K,)
-        weight = None if g.weight is None else g.weight[rows]
-        neg = negative_prompt_sum(errors[rows], error_negative, self.losses.negative_margin, weight)
-        wins = (errors[rows] < error_negative).float().sum().detach()
-        return neg, {"wins": wins}
-
-
-def negative_rows(g, max_t: float) -> torch.Tensor:
-    """(K,) bool over ``g.neg_rows``: the rows the contrastive term uses (t < max_t, not a placeholder)."""
-    used = g.t[g.neg_rows] < max_t
-    return used if g.weight is None else used & (g.weight[g.neg_rows] > 0)
 
 
 def build_model(config: TrainConfig) -> tuple[JanusFlowModel, JanusFlowProcessor]:
@@ -225,12 +113,13 @@ class JanusFlowTask:
         self.latent_encoder = latent_encoder if latent_encoder is not None else build_latent_encoder(config, model)
 
         stage = config.stage
-        self.mixture = Mixture(stage.ratio, stage.batch_size)
+        self.schedule = MixSchedule(stage.ratio, stage.batch_size, [(p.until_step, p.ratio) for p in stage.phases])
+        self.mixture = self.schedule.final  # the stage's own mix (after its phases)
         specs = {task: getattr(config.data, task) for task in TASKS}
         specs.update(sources or {})
         self.sources = {}
         for task in TASKS:
-            if self.mixture.weights[task] == 0:
+            if not self.schedule.uses(task):
                 continue
             if not specs.get(task):
                 raise ConfigError(f"the stage's ratio asks for {task} data but data.{task} is empty")
@@ -242,7 +131,7 @@ class JanusFlowTask:
                 frozen_encoder = not any(stage.trains(n) for n in names)
                 source = CachedSource(source, config.data.cache, frozen_encoder, fingerprint(config))
             self.sources[task] = Epochs(source, config.seed, config.data.shuffle)
-        if self.mixture.weights["gen"] and self.latent_encoder is None:
+        if self.schedule.uses("gen") and self.latent_encoder is None:
             raise ConfigError("generation data needs a VAE: set vae.path (a diffusers AutoencoderKL folder)")
         gen = model.config.gen_vision
         gen_size = self.latent_encoder.image_size if self.latent_encoder is not None else 0
@@ -250,7 +139,15 @@ class JanusFlowTask:
             latent_shape=(gen.latent_channels, gen.latent_size, gen.latent_size), gen_image_size=gen_size,
             prompt_dropout=config.losses.prompt_dropout, time_distribution=config.losses.time_distribution,
             time_mean=config.losses.time_mean, time_std=config.losses.time_std,
-            repa=self.module.repa_head is not None, max_text_tokens=config.data.max_text_tokens, seed=config.seed)
+            repa=self.module.repa_head is not None, max_text_tokens=config.data.max_text_tokens, seed=config.seed,
+            prompt_format=stage.prompt_format)
+        self.packer = None
+        if config.data.packing:
+            if self.module.uses_negatives:
+                raise ConfigError("losses.negative_weight > 0 (the contrastive term) does not run on packed rows: "
+                                  "set data.packing=false for it")
+            self.collate.max_text_tokens = min(self.collate.max_text_tokens, config.data.seq_len)
+            self.packer = Packer(self.schedule, config.data.seq_len, self._read, self._measure, self._report_skip)
         self.device = torch.device("cpu")
         self.base = {"step": 0, "positions": {k: 0 for k in TASKS}}
         self.next_step = 0
@@ -263,6 +160,10 @@ class JanusFlowTask:
         self.pad_parts = ctx.active and self.config.trainer.distributed == "fsdp"
         if self.latent_encoder is not None:
             self.latent_encoder.to(ctx.device)
+        language = self.model.config.language
+        head_dim = language.hidden_size // language.num_attention_heads
+        if self.packer is not None and resolve_attention(self.config.data.attention, ctx.device, head_dim) == "flex":
+            use_flex_attention(self.model.language_model)
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         stage, use_lora = self.config.stage, lora_utils.has_lora(self.model)
@@ -284,9 +185,18 @@ class JanusFlowTask:
     def micro_batches(self, step: int, shard: Shard) -> list[JanusFlowBatch]:
         return [self.on_device(batch) for batch in self.cpu_micro_batches(step, shard)]
 
-    def cpu_micro_batches(self, step: int, shard: Shard) -> list[JanusFlowBatch]:
+    def plan(self, step: int):
+        """Packing: which samples fill the rows of ``step`` (sequential and cheap; the trainer's process
+        plans in step order, data workers build the rows). None unpacked: a step is a function of itself."""
+        return self.packer.plan(step) if self.packer is not None else None
+
+    def cpu_micro_batches(self, step: int, shard: Shard, plan=None) -> list[JanusFlowBatch]:
         """The micro-batches before any device work (generation images not yet encoded by the VAE):
         what data workers build (:mod:`.prefetch`)."""
+        if self.packer is not None:
+            plan = plan if plan is not None else self.packer.plan(step)
+            self.advance(step)
+            return packed_micro_batches(self, plan, shard)
         slots = self._slots(step)
         self.advance(step)
         # FSDP: every process must run the same forward passes, so a part present anywhere in the
@@ -301,15 +211,18 @@ class JanusFlowTask:
         """On the device, once: the 8-bit images to float inputs, and the generation images encoded
         into latents by the VAE."""
         batch = to_model_inputs(batch)
-        if batch.gen is not None and batch.gen.latents is None:
-            with torch.no_grad():
-                batch.gen.latents = self.latent_encoder.encode(batch.gen.gen_pixels.to(self.device))
-            batch.gen.gen_pixels = None
+        for part in (batch.gen, batch.packed):
+            if part is not None and part.latents is None and part.gen_pixels is not None:
+                with torch.no_grad():
+                    part.latents = self.latent_encoder.encode(part.gen_pixels.to(self.device))
+                part.gen_pixels = None
         return batch
 
     def counts(self, batch: JanusFlowBatch) -> dict[str, float]:
         counts = {"samples": 0.0, "tokens": 0.0, "ce_tokens": 0.0, "ce_und_tokens": 0.0, "ce_text_tokens": 0.0,
                   "gen_samples": 0.0, "neg_samples": 0.0, "skipped": float(batch.skipped)}
+        if batch.packed is not None:
+            counts.update(packed_counts(batch.packed))
         for key, part in (("und", batch.und), ("text", batch.text)):
             if part is not None and key not in batch.placeholders:
                 counts["samples"] += part.input_ids.shape[0]
@@ -328,13 +241,23 @@ class JanusFlowTask:
 
     def state_dict(self) -> dict[str, Any]:
         """The data position: samples of each task read before ``next_step``, and how to continue."""
-        return {"base": self.base, "ratio": self.mixture.weights, "batch_size": self.mixture.batch_size,
-                "next_step": self.next_step, "positions": self._positions(self.next_step, self.mixture)}
+        state = {"base": self.base, "ratio": self.mixture.weights, "phases": self.schedule.phases(),
+                 "batch_size": self.schedule.batch_size, "next_step": self.next_step}
+        if self.packer is None:
+            return {**state, "positions": self._positions(self.next_step)}
+        packing = self.packer.state_at(self.next_step)  # the planner may be steps ahead (data workers)
+        return {**state, "positions": dict(packing["positions"]), "packing": packing}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.base, self.next_step = state["base"], state["next_step"]
-        if state["ratio"] != self.mixture.weights or state["batch_size"] != self.mixture.batch_size:
-            # the mix changed on resume: continue every stream where the checkpoint left it
+        changed = (state["ratio"] != self.mixture.weights or state.get("phases", []) != self.schedule.phases()
+                   or state["batch_size"] != self.schedule.batch_size)
+        if self.packer is not None:  # packed: the planner's state, or a fresh one where the streams were
+            packing = state.get("packing") or {"step": self.next_step, "positions": dict(state["positions"]),
+                                               "phase": -1, "slot": 0, "key": 0, "waiting": []}
+            self.packer.load_state(packing, changed or "packing" not in state)
+        elif changed or "packing" in state:
+            # the mix (or packing) changed on resume: continue every stream where the checkpoint left it
             self.base = {"step": self.next_step, "positions": state["positions"]}
 
     def export(self, directory: Path, model: JanusFlowModel | None = None) -> None:
@@ -364,15 +287,15 @@ class JanusFlowTask:
         self.export(directory, model)
 
     # -- data -------------------------------------------------------------------------------------
-    def _positions(self, step: int, mixture: Mixture) -> dict[str, int]:
-        rel = mixture.positions(step - self.base["step"])
+    def _positions(self, step: int) -> dict[str, int]:
+        rel = self.schedule.positions(step, self.base["step"])
         return {k: self.base["positions"][k] + rel[k] for k in TASKS}
 
     def _slots(self, step: int) -> list[tuple[str, int, tuple[int, int]]]:
         """(task, position in its stream, random key) of each slot of the global batch of ``step``."""
         base_pos, base_step = self.base["positions"], self.base["step"]
         return [(task, base_pos[task] + position, (base_step, slot))  # key: unique even after a rebase
-                for task, position, slot in self.mixture.step_slots(step - base_step)]
+                for task, position, slot in self.schedule.step_slots(step, base_step)]
 
     def _collate(self, part: list[tuple[str, int, tuple[int, int]]], needed: set[str] = frozenset()) -> JanusFlowBatch:
         rows: dict[str, list] = {task: [] for task in TASKS}
@@ -395,6 +318,26 @@ class JanusFlowTask:
         if rows["gen"]:
             batch.gen = gen_batch(self.processor, rows["gen"])
         return batch
+
+    def _read(self, task: str, position: int):
+        self.read_count += 1
+        return self.sources[task].read(position)
+
+    def _measure(self, task: str, sample, key) -> int:
+        """A sample's length in a packed row (its segment, see packing.py), without reading its images."""
+        if task == "und":
+            length = len(conversation_ids(self.processor, sample)[0])
+        elif task == "text":
+            length = len(encode_text(self.processor, sample, self.collate.max_text_tokens)[0])
+        else:
+            dropped = prompt_dropped(sample_generator(self.collate.seed, "gen", key), self.collate)
+            prompt = 2 if dropped else len(generation_prompt_ids(self.processor, sample.caption,
+                                                                  self.collate.prompt_format))
+            length = prompt + self.model.config.num_image_tokens
+        if length > self.config.data.seq_len:
+            raise InputError(f"a {task} sample of {length} tokens does not fit a row of data.seq_len = "
+                             f"{self.config.data.seq_len}")
+        return length
 
     def _encode(self, task: str, sample, slot, placeholder: bool = False):
         """One sample -> its row; a placeholder row's labels are all ignored and its weight is 0."""

@@ -30,6 +30,9 @@ example; ``tests/test_train_trainer.py`` has a 30-line one)::
                                                       # (micro_batches itself stays on the CPU)
         def advance(self, step: int): ...             # optional: what micro_batches(step) advances, for
                                                       # batches built by data workers (see .prefetch)
+        def plan(self, step): ...                     # optional: sequential work deciding a step (packing),
+                                                      # run in step order here; cpu_micro_batches(step,
+                                                      # shard, plan) builds it (see .prefetch)
         def export_state(self, directory, state): ... # optional, FSDP: export from a gathered state dict
 
 The loss contract (what makes accumulation and data parallelism exact): before the forward

@@ -222,7 +222,10 @@ def train_config(stage: str, plan: StagePlan, settings: UnifiedSettings, start: 
     mix = {task: int(share) if float(share).is_integer() else share for task, share in settings.task_mix.items()}
     preset = dataclasses.replace(preset, lr=plan.lr, warmup_steps=plan.warmup_steps, steps=plan.steps,
                                  batch_size=plan.batch_size, decay_steps=plan.decay_steps, ratio={**preset.ratio, **mix},
-                                 trainable=list(settings.trainable) or preset.trainable)
+                                 trainable=list(settings.trainable) or preset.trainable,
+                                 # what the shipped model was trained with: the chat-template prompts and no
+                                 # opening mix in any stage (the presets now follow the paper's v2 in both)
+                                 prompt_format="chat", phases=[])
     config = TrainConfig(
         run_dir=str(stage_dir), seed=seed, model=ModelSource(path=str(start)), vae=VAEConfig(path=str(start / "vae")),
         stage=preset, losses=LossConfig(prompt_dropout=settings.prompt_dropout, time_mean=settings.time_mean,
