@@ -122,6 +122,7 @@ def train_run(args, device, lora: bool, data: dict, run_dir: Path, peak_flops: f
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    start_memory = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     task, config = build_task(args, device, lora, data, run_dir)
     ctx = Dist(0, 1, 0, device)
     task.setup(ctx)
@@ -162,6 +163,7 @@ def train_run(args, device, lora: bool, data: dict, run_dir: Path, peak_flops: f
     if device.type == "cuda":
         row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         row["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
+        row["memory_before_gib"] = start_memory / 2**30  # left over from an earlier run (should be ~0)
     row.update(count_flops(task, wrapped, steps[2:], layout, autocast, device, step_s, peak_flops))
     del wrapped, optimizer, scheduler, task, module, trainable, steps
     gc.collect()

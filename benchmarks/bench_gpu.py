@@ -121,7 +121,7 @@ def bench_generation(model, args, device, record) -> None:
                 record(row)
             step.clear()
     if failures:
-        raise AssertionError("fast path disagrees with the release path: " + "; ".join(failures))
+        raise AssertionError("a fast path failed or disagrees with the release path: " + "; ".join(failures))
 
 
 def generation_rows(model, args, device, B: int, steps: dict, failures: list, release_s: dict) -> list[dict]:
@@ -144,7 +144,17 @@ def generation_rows(model, args, device, B: int, steps: dict, failures: list, re
         runs[name] = lambda step=step: sample_latents_static(model, tokens, mask, z0, cfg, step)
     latents, rows = {}, {}
     for name, run in runs.items():
-        first, times = timed_runs(lambda: latents.__setitem__(name, run().latents), device, args.repeats)
+        try:
+            first, times = timed_runs(lambda: latents.__setitem__(name, run().latents), device, args.repeats)
+        except OutOfBudget:
+            raise
+        except Exception as e:  # noqa: BLE001 - one path failing (a capture, a compile) keeps the others
+            if name == "release":
+                raise
+            traceback.print_exc()
+            failures.append(f"B={B} {name}: {type(e).__name__}: {e}"[:500])
+            latents.pop(name, None)
+            continue
         best = min(times)
         rows[name] = {"batch": B, "path": name, "first_run_s": first, "run_s": best,
                       "run_s_median": statistics.median(times), "images_per_s": B / best,
@@ -160,6 +170,8 @@ def generation_rows(model, args, device, B: int, steps: dict, failures: list, re
         reference = with_guidance(VelocityField(model, tokens, mask, N, use_cache=False), w)(z0, 0.5)
         for name in rows:
             rows[name]["speedup_vs_release"] = base / rows[name]["run_s"]
+            if name != "release" and name not in latents:
+                continue
             if name == "release":
                 continue
             field = VelocityField(model, tokens, mask, N, use_cache=True)
@@ -269,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="auto", help="auto: cuda when available")
     parser.add_argument("--dtype", default=None, choices=["bfloat16", "float32"],
                         help="inference dtype (default: bf16 on CUDA, fp32 on the CPU)")
-    parser.add_argument("--budget", nargs="+", default=["generation=210", "understanding=60", "training=240"],
+    parser.add_argument("--budget", nargs="+", default=["generation=180", "understanding=45", "training=180"],
                         help="SECTION=SECONDS time budgets")
     parser.add_argument("--batches", type=int, nargs="+")
     parser.add_argument("--steps", type=int)
