@@ -141,6 +141,9 @@ def _write(folder: Path, config_data: dict, state: dict[str, torch.Tensor], dtyp
 
 def save_model(model, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
     """Our layout: config.json + model.safetensors (written to temporary files, then renamed)."""
+    if getattr(model, "quantization_method", None):  # janusflow.quantize: int8 tensors are not plain weights
+        raise CheckpointError(f"a {model.quantization_method}-quantized model cannot be saved: save the model "
+                              "before quantizing it (quantization is applied after loading)")
     _write(Path(path), model.config.to_dict(), model.state_dict(), dtype)
 
 

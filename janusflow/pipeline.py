@@ -52,8 +52,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def load_model_and_processor(model_dir: str | os.PathLike, device: str | torch.device | None = None,
-                             dtype: torch.dtype | None = None):
-    """(model, processor) from one folder, either layout; fp32 on CPU and bf16 on CUDA by default.
+                             dtype: torch.dtype | None = None, quantize: str | None = None):
+    """(model, processor) from one folder, either layout; fp32 on CPU and bf16 on CUDA by default;
+    ``quantize="int8"``: the LLM's linear layers in int8 (:mod:`janusflow.quantize`).
 
     The processor's sizes come from the model's config (image size, image tokens of both paths) and
     its ``max_length`` is at most the LLM's context, so over-long prompts are refused up front.
@@ -61,11 +62,15 @@ def load_model_and_processor(model_dir: str | os.PathLike, device: str | torch.d
     from .modeling import JanusFlowModel, default_dtype
     from .processor import JanusFlowProcessor
 
+    from .quantize import check_method, quantize_model
+
     folder = Path(os.fspath(model_dir))
+    quantize = check_method(quantize)  # before loading anything
     if not folder.is_dir():
         raise CheckpointError(f"model folder not found: {folder}")
     device = resolve_device(device)
-    model = JanusFlowModel.from_pretrained(folder, dtype=dtype or default_dtype(device), device=device)
+    model = quantize_model(JanusFlowModel.from_pretrained(folder, dtype=dtype or default_dtype(device), device=device),
+                           quantize)
     config = model.config
     from transformers.utils import logging as hf_logging
 
@@ -104,9 +109,10 @@ class JanusFlowPipeline:
 
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, vae=None, device: str | torch.device | None = None,
-                        dtype: torch.dtype | None = None) -> "JanusFlowPipeline":
-        """``vae``: a diffusers folder, an ``AutoencoderKL``, or None for ``model_dir/vae`` when present."""
-        model, processor = load_model_and_processor(model_dir, device, dtype)
+                        dtype: torch.dtype | None = None, quantize: str | None = None) -> "JanusFlowPipeline":
+        """``vae``: a diffusers folder, an ``AutoencoderKL``, or None for ``model_dir/vae`` when present;
+        ``quantize``: None or "int8" (:func:`load_model_and_processor`)."""
+        model, processor = load_model_and_processor(model_dir, device, dtype, quantize)
         if vae is None and (Path(os.fspath(model_dir)) / VAE_SUBFOLDER / "config.json").is_file():
             vae = Path(os.fspath(model_dir)) / VAE_SUBFOLDER
         if vae is not None:

@@ -48,7 +48,8 @@ def serve_main(args: argparse.Namespace) -> int:
     level = getattr(logging, args.log_level.upper())
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("janusflow.serve").setLevel(level)
-    engine = load_engine(model_dir(args), args.vae, device=args.device, dtype=torch_dtype(args))
+    engine = load_engine(model_dir(args), args.vae, device=args.device, dtype=torch_dtype(args),
+                         quantize=args.quantize)
     app = create_app(engine, limits, ui=not args.no_ui)
     print(f"janusflow: serving on http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)

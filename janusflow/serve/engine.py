@@ -69,12 +69,13 @@ class ModelEngine:
 
     @classmethod
     def from_folder(cls, model_dir: str | os.PathLike, vae_dir: str | os.PathLike | None = None,
-                    device: str | None = None, dtype=None) -> "ModelEngine":
-        """Load ``model_dir`` (weights, config, tokenizer) and the VAE (``vae_dir`` or ``model_dir/vae``)."""
+                    device: str | None = None, dtype=None, quantize: str | None = None) -> "ModelEngine":
+        """Load ``model_dir`` (weights, config, tokenizer) and the VAE (``vae_dir`` or ``model_dir/vae``);
+        ``quantize``: None or "int8" (the LLM's linear layers, :mod:`janusflow.quantize`)."""
         from ..pipeline import JanusFlowPipeline
         from ..understanding import JanusFlowChat
 
-        pipe = JanusFlowPipeline.from_pretrained(model_dir, vae=vae_dir, device=device, dtype=dtype)
+        pipe = JanusFlowPipeline.from_pretrained(model_dir, vae=vae_dir, device=device, dtype=dtype, quantize=quantize)
         if pipe.vae is None:
             raise CheckpointError(f"{model_dir}: no vae/ folder; pass a VAE folder (a diffusers AutoencoderKL)")
         return cls(pipe, JanusFlowChat(pipe.model, pipe.processor))
@@ -135,6 +136,6 @@ def stream_in_thread(engine, image, question, max_new_tokens, history=()) -> Ite
 
 
 def load_engine(model_dir: str | os.PathLike, vae_dir: str | os.PathLike | None = None,
-                device: str | None = None, dtype=None) -> Engine:
+                device: str | None = None, dtype=None, quantize: str | None = None) -> Engine:
     """The engine the command line serves."""
-    return ModelEngine.from_folder(model_dir, vae_dir, device=device, dtype=dtype)
+    return ModelEngine.from_folder(model_dir, vae_dir, device=device, dtype=dtype, quantize=quantize)
