@@ -22,7 +22,7 @@ from contextlib import contextmanager
 
 import torch.nn as nn
 
-from .errors import InputError
+from .errors import InputError, JanusFlowError
 
 METHODS = ("none", "int8")
 
@@ -62,8 +62,11 @@ def quantize_model(model, method: str | None = "int8"):
         return model
     if is_quantized(model):
         raise InputError(f"the model is already quantized ({model.quantization_method})")
-    with _quiet_import():
-        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    try:
+        with _quiet_import():
+            from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    except ImportError:
+        raise JanusFlowError("int8 needs torchao: pip install 'janusflow[quantize]'") from None
     quantize_(model.llm.layers, Int8DynamicActivationInt8WeightConfig())
     model.quantization_method = method
     return model

@@ -145,6 +145,13 @@ def test_reflow_pairs_command(capsys, tmp_path):
     assert code == 0, err
     pairs = read_pairs(out.strip())
     assert pairs.captions == ["a red circle", "a blue square"] and pairs.sampler["guidance_scale"] == 2.0
+    config = tmp_path / "reflow.yaml"
+    config.write_text(f"run_dir: {tmp_path / 'run'}\nmodel: {{path: {folder}}}\nstage: {{steps: 2, batch_size: 2, "
+                      "ratio: {gen: 1}}\nlosses: {repa_weight: 0, prompt_dropout: 0}\ntrainer: {progress: false}\n")
+    assert main(["reflow-train", out.strip(), str(config)]) == 0, capsys.readouterr().err
+    assert (tmp_path / "run" / "export" / "model.safetensors").is_file()
+    assert main(["reflow-train", out.strip(), str(config), "losses.repa_weight=1"]) == 1
+    assert "repa_weight=0" in capsys.readouterr().err
     assert main(["reflow-pairs", "--model", str(folder), "--prompts", str(tmp_path / "none.txt"), "--out",
                  str(tmp_path / "x.safetensors")]) == 1
     assert "no prompts file" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 """``janusflow reflow-pairs`` and ``janusflow reflow-train`` (see :mod:`janusflow.train.reflow`).
 
     janusflow reflow-pairs --model DIR --prompts captions.txt --out pairs.safetensors [--steps 30 --cfg 2]
-    janusflow reflow-train CONFIG.yaml --pairs pairs.safetensors [key=value ...]
+    janusflow reflow-train pairs.safetensors CONFIG.yaml [key=value ...]
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ def reflow_pairs(args: argparse.Namespace) -> int:
 
 
 @command("reflow-train", "fine-tune the generator on reflow pairs (the trainer; see docs/training.md, Reflow)",
-         arg("config", help="YAML config (as for janusflow train)"),
-         arg("--pairs", required=True, metavar="PAIRS.safetensors"),
+         arg("pairs", metavar="PAIRS.safetensors", help="from janusflow reflow-pairs"),
+         arg("config", help="YAML config (as for janusflow train; e.g. configs/reflow.yaml)"),
          arg("overrides", nargs="*", help="key=value overrides, e.g. stage.steps=200 losses.repa_weight=0"))
 def reflow_train(args: argparse.Namespace) -> int:
     from .config import load_config
