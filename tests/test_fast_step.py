@@ -107,3 +107,20 @@ def test_bad_use_is_refused(model, processor):
     z0 = initial_noise(1, model.config)
     with pytest.raises(InputError, match="prompt rows"):
         sample_latents_static(model, tokens, mask, z0, SamplerConfig(num_steps=1), StaticStep(model, "eager"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_replays_the_cached_step(model, processor):
+    import copy
+
+    gpu = copy.deepcopy(model).cuda()
+    step = StaticStep(gpu, "cuda_graph")
+    cfg = SamplerConfig(num_steps=4, guidance_scale=2.0)
+    for prompts in (["a red circle", "dog"], ["a blue square", "cat"]):  # the second replays the first's graph
+        tokens, mask = (x.cuda() for x in rows(processor, prompts))
+        z0 = initial_noise(2, gpu.config, torch.Generator().manual_seed(0), device="cuda")
+        reference = sample_latents(gpu, tokens, mask, z0, cfg).latents
+        replayed = sample_latents_static(gpu, tokens, mask, z0, cfg, step).latents
+        torch.testing.assert_close(replayed, reference, rtol=0, atol=1e-4)
+    assert len(step.records) == len({tuple(rows(processor, p)[0].shape) for p in (["a red circle", "dog"],
+                                                                                 ["a blue square", "cat"])})
