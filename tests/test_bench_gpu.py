@@ -5,6 +5,7 @@ the release path, and a section over its budget is recorded without losing the o
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ def run(tmp_path, *args) -> dict:
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, str(SCRIPT), "--preset", "tiny", "--device", "cpu", "--out", str(out), *args],
                           capture_output=True, text=True, timeout=600, cwd=ROOT,
-                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert (out / "results.md").read_text().startswith("# GPU benchmark: preset tiny")
     return json.loads((out / "results.json").read_text())
