@@ -26,19 +26,20 @@ BOS, PAD, GEN = 0, 2, 6  # synthetic ids (only need to be below the vocabulary s
 
 
 @torch.no_grad()
-def random_model(preset: str, dtype: torch.dtype = torch.float32, seed: int = 0):
+def random_model(preset: str, dtype: torch.dtype = torch.float32, seed: int = 0, device: str | torch.device = "cpu"):
     """The preset's architecture with random weights: built on the meta device, allocated once with
-    ``to_empty``, then filled in place (N(0, 0.02) matrices, unit norms, zero biases), so a 1.3B
-    model costs one copy of its weights and a few seconds, not a full ``nn.init`` pass."""
+    ``to_empty`` on ``device``, then filled in place (N(0, 0.02) matrices, unit norms, zero biases),
+    so a 1.3B model costs one copy of its weights and a few seconds, not a full ``nn.init`` pass."""
     config = JanusFlowConfig.from_name(preset)
-    model = build_meta(config).to_empty(device="cpu").to(dtype)
-    g = torch.Generator().manual_seed(seed)
+    device = torch.device(device)
+    model = build_meta(config).to_empty(device=device).to(dtype)
+    g = torch.Generator(device=device).manual_seed(seed)
     for name, p in model.named_parameters():
         if p.ndim == 1:
             p.fill_(1.0 if "norm" in name and name.endswith("weight") else 0.0)
         else:
             p.normal_(0.0, 0.02, generator=g)
-    _materialize_buffers(model, torch.device("cpu"))
+    _materialize_buffers(model, device)
     return model.eval()
 
 

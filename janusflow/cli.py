@@ -69,6 +69,8 @@ MODEL = (
     arg("--model", metavar="DIR", help="model folder (ours or the official layout); default: the embedded model"),
     arg("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"),
     arg("--dtype", choices=("auto", "fp32", "bf16"), default="auto", help="auto: fp32 on CPU, bf16 on CUDA"),
+    arg("--quantize", choices=("none", "int8"), default="none",
+        help="int8: the LLM's linear layers in int8 (faster on a CPU; see BENCHMARKS.md)"),
 )
 SAMPLING = (  # diffusers' names; the older spellings stay as aliases
     arg("--num-inference-steps", "--steps", dest="num_inference_steps", type=int, default=30, metavar="N",
@@ -120,7 +122,7 @@ def decoding_config(args: argparse.Namespace):
 def load_chat(args: argparse.Namespace):
     from .understanding import JanusFlowChat
 
-    return JanusFlowChat.from_pretrained(model_dir(args), args.device, torch_dtype(args))
+    return JanusFlowChat.from_pretrained(model_dir(args), args.device, torch_dtype(args), args.quantize)
 
 
 # -- subcommands ----------------------------------------------------------------------------------------
@@ -179,7 +181,8 @@ def generate(args: argparse.Namespace) -> int:
     if args.geneval_metadata:
         read_geneval_metadata(args.geneval_metadata)
     folder = model_dir(args)
-    pipe = JanusFlowPipeline.from_pretrained(folder, vae=args.vae, device=args.device, dtype=torch_dtype(args))
+    pipe = JanusFlowPipeline.from_pretrained(folder, vae=args.vae, device=args.device, dtype=torch_dtype(args),
+                                             quantize=args.quantize)
     if pipe.vae is None:
         raise InputError(f"no VAE: {folder} has no vae/ folder; pass --vae DIR (a diffusers AutoencoderKL)")
     settings = dict(num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,

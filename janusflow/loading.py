@@ -45,22 +45,27 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def load_model_and_processor(model_dir: str | os.PathLike, device: str | torch.device | None = None,
-                             dtype: torch.dtype | None = None, processor_dir: str | os.PathLike | None = None):
+                             dtype: torch.dtype | None = None, processor_dir: str | os.PathLike | None = None,
+                             quantize: str | None = None):
     """(model, processor) from one folder, either layout (the processor from ``processor_dir`` when the
-    tokenizer lives apart); fp32 on CPU and bf16 on CUDA by default.
+    tokenizer lives apart); fp32 on CPU and bf16 on CUDA by default; ``quantize="int8"``: the LLM's
+    linear layers in int8 (:mod:`janusflow.quantize`).
 
     The processor's sizes come from the model's config (image size, image tokens of both paths) and
     its ``max_length`` is at most the LLM's context, so over-long prompts are refused up front.
     """
     from .modeling import JanusFlowModel, default_dtype
     from .processor import JanusFlowProcessor
+    from .quantize import check_method, quantize_model
 
+    quantize = check_method(quantize)  # before loading anything
     folder = Path(os.fspath(model_dir))
     if not folder.is_dir():
         raise CheckpointError(f"model folder not found: {folder}")
     processor_folder = Path(os.fspath(processor_dir)) if processor_dir is not None else folder
     device = resolve_device(device)
-    model = JanusFlowModel.from_pretrained(folder, dtype=dtype or default_dtype(device), device=device)
+    model = quantize_model(JanusFlowModel.from_pretrained(folder, dtype=dtype or default_dtype(device), device=device),
+                           quantize)
     config = model.config
     from transformers.utils import logging as hf_logging
 
@@ -115,7 +120,7 @@ def load_scheduler(folder: Path):
 
 
 def load_components(folder: str | os.PathLike, vae=None, scheduler=None, device: str | torch.device | None = None,
-                    dtype: torch.dtype | None = None) -> dict:
+                    dtype: torch.dtype | None = None, quantize: str | None = None) -> dict:
     """The pipeline's components (model, processor, vae, scheduler, image_generation_config) from a model
     folder or a pipeline folder; ``vae``/``scheduler`` given replace the folder's (``vae``: a diffusers
     folder or an ``AutoencoderKL``)."""
@@ -138,7 +143,7 @@ def load_components(folder: str | os.PathLike, vae=None, scheduler=None, device:
     else:
         model_dir, processor_dir = folder, None
         has = {name: (folder / name).is_dir() for name in (VAE_SUBFOLDER, SCHEDULER_SUBFOLDER)}
-    model, processor = load_model_and_processor(model_dir, device, dtype, processor_dir)
+    model, processor = load_model_and_processor(model_dir, device, dtype, processor_dir, quantize=quantize)
     if vae is None and has[VAE_SUBFOLDER] and (folder / VAE_SUBFOLDER / "config.json").is_file():
         vae = folder / VAE_SUBFOLDER
     if vae is not None:

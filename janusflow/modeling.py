@@ -276,6 +276,9 @@ class JanusFlowForConditionalGeneration(JanusFlowPreTrainedModel, GenerationMixi
                         **kwargs) -> None:
         """transformers' ``save_pretrained`` (``config.json``, ``generation_config.json``, safetensors,
         sharded by ``max_shard_size``); ``dtype`` casts the saved weights (the model is not changed)."""
+        if getattr(self, "quantization_method", None):  # janusflow.quantize: int8 tensors are not plain weights
+            raise CheckpointError(f"a {self.quantization_method}-quantized model cannot be saved: save the model "
+                                  "before quantizing it (quantization is applied after loading)")
         if dtype is None:
             return super().save_pretrained(save_directory, *args, **kwargs)
         state = kwargs.pop("state_dict", None) or self.state_dict()

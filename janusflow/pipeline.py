@@ -95,17 +95,20 @@ class JanusFlowPipeline(DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, vae=None, scheduler=None,
                         device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                        torch_dtype: torch.dtype | None = None, **kwargs: Any) -> "JanusFlowPipeline":
+                        torch_dtype: torch.dtype | None = None, quantize: str | None = None,
+                        **kwargs: Any) -> "JanusFlowPipeline":
         """A local model folder (ours or the official layout) or a folder ``save_pretrained`` wrote.
         ``vae``: a diffusers folder, an ``AutoencoderKL``, or None for the folder's ``vae/`` when present;
         ``scheduler``: an instance, or None for the folder's (else Euler, as released). ``torch_dtype``
-        (or ``dtype``): the model's; default fp32 on CPU, bf16 on CUDA (the VAE never runs in fp16)."""
+        (or ``dtype``): the model's; default fp32 on CPU, bf16 on CUDA (the VAE never runs in fp16).
+        ``quantize``: None or "int8" (the LLM's linear layers, :mod:`janusflow.quantize`)."""
         unknown = sorted(set(kwargs) - {"local_files_only", "use_safetensors", "low_cpu_mem_usage"})
         if unknown:
             raise InputError(f"JanusFlowPipeline.from_pretrained got unexpected argument(s) {unknown}")
         if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
             raise InputError(f"dtype={dtype} and torch_dtype={torch_dtype} disagree; pass one")
-        components = load_components(pretrained_model_name_or_path, vae, scheduler, device, dtype or torch_dtype)
+        components = load_components(pretrained_model_name_or_path, vae, scheduler, device, dtype or torch_dtype,
+                                      quantize=quantize)
         pipe = cls(**components)
         pipe.register_to_config(_name_or_path=os.fspath(pretrained_model_name_or_path))
         return pipe

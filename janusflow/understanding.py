@@ -183,10 +183,10 @@ class JanusFlowChat:
         self.model, self.processor = model, processor
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | os.PathLike, device=None, dtype=None) -> "JanusFlowChat":
+    def from_pretrained(cls, model_dir: str | os.PathLike, device=None, dtype=None, quantize=None) -> "JanusFlowChat":
         from .pipeline import load_model_and_processor
 
-        return cls(*load_model_and_processor(model_dir, device, dtype))
+        return cls(*load_model_and_processor(model_dir, device, dtype, quantize=quantize))
 
     def generate(self, conversations: Sequence[Sequence[Message]], config: DecodingConfig | None = None,
                  generator: torch.Generator | int | None = None, streamer=None, record_logits: bool = False,

@@ -64,7 +64,8 @@ def serve_main(args: argparse.Namespace) -> int:
     level = getattr(logging, args.log_level.upper())
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("janusflow.serve").setLevel(level)
-    engine = load_engine(model_dir(args), args.vae, device=args.device, dtype=torch_dtype(args), model_id=args.model_id)
+    engine = load_engine(model_dir(args), args.vae, device=args.device, dtype=torch_dtype(args), model_id=args.model_id,
+                         quantize=args.quantize)
     app = create_app(engine, limits, ui=not args.no_ui, api_key=api_key, allow_remote_images=args.allow_remote_images)
     print(f"janusflow: serving {engine.model_id} on http://{args.host}:{args.port}/ (API docs at /docs"
           f"{'; API key required' if api_key else ''})", flush=True)

@@ -95,13 +95,15 @@ class ModelEngine:
 
     @classmethod
     def from_folder(cls, model_dir: str | os.PathLike, vae_dir: str | os.PathLike | None = None,
-                    device: str | None = None, dtype=None, model_id: str | None = None) -> "ModelEngine":
+                    device: str | None = None, dtype=None, model_id: str | None = None,
+                    quantize: str | None = None) -> "ModelEngine":
         """Load ``model_dir`` (weights, config, tokenizer) and the VAE (``vae_dir`` or ``model_dir/vae``).
-        ``model_id`` defaults to the folder's name."""
+        ``model_id`` defaults to the folder's name; ``quantize``: None or "int8" (the LLM's linear layers,
+        :mod:`janusflow.quantize`)."""
         from ..pipeline import JanusFlowPipeline
         from ..understanding import JanusFlowChat
 
-        pipe = JanusFlowPipeline.from_pretrained(model_dir, vae=vae_dir, device=device, dtype=dtype)
+        pipe = JanusFlowPipeline.from_pretrained(model_dir, vae=vae_dir, device=device, dtype=dtype, quantize=quantize)
         if pipe.vae is None:
             raise CheckpointError(f"{model_dir}: no vae/ folder; pass a VAE folder (a diffusers AutoencoderKL)")
         return cls(pipe, JanusFlowChat(pipe.model, pipe.processor), model_id or Path(model_dir).resolve().name)
@@ -197,6 +199,7 @@ def stream_in_thread(engine, image, question, max_new_tokens, history=()) -> Ite
 
 
 def load_engine(model_dir: str | os.PathLike, vae_dir: str | os.PathLike | None = None,
-                device: str | None = None, dtype=None, model_id: str | None = None) -> Engine:
+                device: str | None = None, dtype=None, model_id: str | None = None,
+                quantize: str | None = None) -> Engine:
     """The engine the command line serves."""
-    return ModelEngine.from_folder(model_dir, vae_dir, device=device, dtype=dtype, model_id=model_id)
+    return ModelEngine.from_folder(model_dir, vae_dir, device=device, dtype=dtype, model_id=model_id, quantize=quantize)

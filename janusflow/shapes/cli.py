@@ -69,7 +69,7 @@ def evaluate_shapes(model: str | os.PathLike, out: str | os.PathLike, prompts_pe
                     images_per_prompt: int = 4, questions: int = 1000, seed: int = 0,
                     steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE, batch_size: int = 8,
                     device: str | None = None, show_progress: bool = True, latency_repeats: int = 5,
-                    candidates: int | None = None) -> dict[str, Any]:
+                    candidates: int | None = None, quantize: str | None = None) -> dict[str, Any]:
     """Generate, answer and score (see the module docstring); returns what results.json holds."""
     import torch
 
@@ -91,7 +91,7 @@ def evaluate_shapes(model: str | os.PathLike, out: str | os.PathLike, prompts_pe
         if value < 1:
             raise InputError(f"the number of {name} must be at least 1, got {value}")
     model, out = Path(os.fspath(model)), Path(os.fspath(out))
-    pipe = JanusFlowPipeline.from_pretrained(model, device=device)
+    pipe = JanusFlowPipeline.from_pretrained(model, device=device, quantize=quantize)
     if pipe.vae is None:
         raise InputError(f"{model} has no vae/ folder: the images cannot be decoded")
     pipe.set_progress_bar_config(disable=True)
@@ -149,6 +149,7 @@ def evaluate_shapes(model: str | os.PathLike, out: str | os.PathLike, prompts_pe
                      "candidates": candidates,
                      "answer_batch_size": batch_size, "max_new_tokens": MAX_ANSWER_TOKENS, "decoding": "greedy",
                      "device": str(pipe.device), "dtype": str(pipe.model.dtype).removeprefix("torch."),
+                     "quantize": getattr(pipe.model, "quantization_method", None) or "none",
                      "model_config": pipe.model.config.to_dict()},
         "generation": generation,
         "understanding": understanding,
@@ -205,7 +206,8 @@ def format_results(results: dict[str, Any]) -> str:
              help="each image the best of up to N by the model's self-check (1: the plain sampler; default: "
                   "the model's image_generation_config.json, as `janusflow generate` uses it)"),
          arg("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"),
-         arg("--device", default=None, help="cpu, cuda, ... (default: cuda if available)"))
+         arg("--device", default=None, help="cpu, cuda, ... (default: cuda if available)"),
+         arg("--quantize", choices=("none", "int8"), default="none", help="int8: the LLM's linear layers in int8"))
 def eval_main(args: argparse.Namespace) -> int:
     if args.threads is not None:
         import torch
@@ -222,7 +224,8 @@ def eval_main(args: argparse.Namespace) -> int:
     folder = model_dir(args)
     results = evaluate_shapes(folder, args.out, args.prompts_per_category, args.images_per_prompt, args.questions,
                               args.seed, steps=args.num_inference_steps, guidance=args.guidance_scale,
-                              batch_size=args.batch_size, device=args.device, candidates=args.candidates)
+                              batch_size=args.batch_size, device=args.device, candidates=args.candidates,
+                              quantize=args.quantize)
     print(format_results(results))
     print(f"results: {Path(args.out) / 'results.json'}")
     return 0

@@ -19,3 +19,6 @@ from .__main__ import run_from_args
          arg("overrides", nargs="*", help="key=value overrides, e.g. stage.steps=100 trainer.grad_accum=2"))
 def train_main(args) -> int:
     return run_from_args(args)
+
+
+from . import reflow_cli  # noqa: E402,F401  (registers reflow-pairs and reflow-train)
