@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The recipe's parts 2-4 on one GPU, sized for a lease of about ten minutes:
 #   SigLIP and LM pre-training side by side (each with its own data workers), then the three
-#   JanusFlow stages; the VAE and the tokenizer come from janusflow/default_model/parts (part 1 and
-#   the tokenizer are minutes of CPU). Every stage stops at its training-time budget (seconds) and
+#   JanusFlow stages; the VAE and the tokenizer are the embedded model's (janusflow/default_model/vae
+#   and its tokenizer files: the recipe's part 1 and tokenizer, unchanged by the later stages). Every stage stops at its training-time budget (seconds) and
 #   is resumable: rerun the same command to continue a stopped run.
 #
 #   RUN=runs/gpu DEVICE=cuda WORKERS=6 SIGLIP=110 LM=110 ADAPT=35 UNIFIED=165 SFT=45 scripts/recipe-gpu.sh
@@ -15,9 +15,10 @@ DEVICE=${DEVICE:-cuda}
 WORKERS=${WORKERS:-6}
 PARTS=$RUN/model/parts
 mkdir -p "$PARTS"
-for part in vae tokenizer; do
-    [ -d "$PARTS/$part" ] || cp -r "janusflow/default_model/parts/$part" "$PARTS/$part"
-done
+[ -d "$PARTS/vae" ] || cp -r janusflow/default_model/vae "$PARTS/vae"
+if [ ! -d "$PARTS/tokenizer" ]; then
+    mkdir -p "$PARTS/tokenizer" && cp janusflow/default_model/tokenizer.json janusflow/default_model/tokenizer_config.json "$PARTS/tokenizer/"
+fi
 common=(--run-dir "$RUN" --parts-dir "$PARTS" --threads 1 --device "$DEVICE")
 python -m janusflow.shapes.recipe.run --preset gpu --stages siglip "${common[@]}" --data-workers "$WORKERS" \
     --budget "siglip=${SIGLIP:-110}" > "$RUN/siglip.log" 2>&1 &

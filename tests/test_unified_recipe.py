@@ -72,9 +72,9 @@ def test_default_sizes_meet_the_repa_grid_and_the_speed_budget():
     from janusflow.shapes.recipe.siglip import default_vision
 
     und = default_vision()
-    vae_dir = Path(unified.__file__).resolve().parents[2] / "default_model" / "parts" / "vae"
+    vae_dir = Path(unified.__file__).resolve().parents[2] / "default_model" / "vae"
     if not (vae_dir / "config.json").is_file():
-        pytest.skip("parts/vae is not installed")
+        pytest.skip("the default model is not installed")
     settings = unified.PRESETS["default"]
     gen = unified.gen_vision_for(und, vae_dir, settings.gen_channels, settings.gen_layers)
     assert (gen.latent_size, gen.kernel_size, gen.latent_grid, gen.upsamples) == (16, 2, 8, 1)

@@ -7,6 +7,6 @@
     run      one resumable command for the whole recipe:
              python -m janusflow.shapes.recipe.run
 
-Artifacts go to ``janusflow/default_model/parts/{vae,und_encoder,tokenizer,llm}``; docs/recipe.md
+Artifacts go to ``RUN/model/parts/{vae,und_encoder,tokenizer,llm}``; docs/recipe.md
 records their sizes, wall times and measured quality.
 """

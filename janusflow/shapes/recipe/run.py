@@ -34,7 +34,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-PARTS_DIR = Path(__file__).resolve().parents[2] / "default_model" / "parts"
+PARTS_DIR = Path("runs/recipe/model/parts")  # the model is assembled into its parent
 
 
 @dataclass
