@@ -33,7 +33,7 @@ base=("$PY" -m janusflow recipe shapes --out "$RUN" --config "$CONFIG" "${args[@
 recipe() {  # recipe WORKERS ARGS...: one call, inside what is left of the lease
     local workers=$1 left=$((end - SECONDS)); shift
     [ "$left" -gt 20 ] || return 1
-    timeout -k 20 $((left + 60)) "${base[@]}" --device "${DEVICE:-cuda}" --threads 1 --data-workers "$workers" \
+    timeout -k 10 $((left + 30)) "${base[@]}" --device "${DEVICE:-cuda}" --threads 1 --data-workers "$workers" \
         --time-limit "$left" "${unpacked[@]}" "$@"
     local status=$?
     unpacked=()

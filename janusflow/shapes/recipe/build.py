@@ -21,7 +21,9 @@ import datetime
 import os
 import platform
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -267,7 +269,8 @@ def run_recipe(config: RecipeConfig, out: str | os.PathLike, session: Session | 
         forget(out, config, session.redo)
     todo = targets(config, session, out)
     runtime = Runtime(session.device, session.data_workers)
-    started, ran, ended = time.time(), [], "done"
+    started, ran, ended = time.time(), [], "failed"
+    previous = _stop_on_sigterm()
     try:
         for name in todo:
             if done_record(out, name) is not None:
@@ -285,6 +288,7 @@ def run_recipe(config: RecipeConfig, out: str | os.PathLike, session: Session | 
             write_json(stage_dir(out, name) / "DONE.json", record)
             log(name, f"done ({wall:.0f} s in all)")
             write_summary(out, config)
+        ended = "done"
         if session.only:
             ended = f"done with {', '.join(todo)} (--only)"
         elif session.until and session.until != config.order[-1]:
@@ -295,9 +299,14 @@ def run_recipe(config: RecipeConfig, out: str | os.PathLike, session: Session | 
     except KeyboardInterrupt:
         ended = "interrupted"
         raise
+    except Exception as e:
+        ended = f"failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
+        raise
     finally:
         import json
 
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         line = {"command": session.command, "started": datetime.datetime.fromtimestamp(started).isoformat(
             timespec="seconds"), "seconds": round(time.time() - started, 1), "device": device_name(runtime),
             "data_workers": runtime.data_workers, "python": sys.version.split()[0], "torch": _torch_version(),
@@ -306,6 +315,18 @@ def run_recipe(config: RecipeConfig, out: str | os.PathLike, session: Session | 
             f.write(json.dumps(line) + "\n")
         record = write_summary(out, config)
     return record
+
+
+def _stop_on_sigterm():
+    """SIGTERM (a lease's `timeout`) ends the session as a stop, recorded, rather than a kill. The
+    trainer installs its own handler while it trains (checkpoint first) and puts this one back."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise Stopped("SIGTERM")
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def _torch_version() -> str:
