@@ -40,7 +40,7 @@ def tensor_bytes(obj) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    recipe = load_recipe(REPO_CONFIGS / "recipe-shapes.yaml")  # the GPU recipe's JanusFlow stages
+    recipe = load_recipe(REPO_CONFIGS / "shapes.yaml")  # the GPU recipe's JanusFlow stages
     parser.add_argument("--stage", default="unified", choices=[n for n, s in recipe.stages.items() if s.kind == "janusflow"])
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=6)

@@ -10,7 +10,7 @@
 # stages run in order. Every call is the same resumable command, so the script may stop anywhere and run
 # again. Extra arguments (--unpack DIR, --seed S, --set KEY=VALUE) go to the calls. RUN: the run folder;
 # PACK: where the pack goes (files of at most 15 MiB; none when empty); WORKERS: data worker processes
-# (14; half each side by side); CONFIG: the recipe (configs/recipe-shapes.yaml); DEVICE: cuda; PY: the
+# (14; half each side by side); CONFIG: the recipe (configs/recipe/shapes.yaml); DEVICE: cuda; PY: the
 # Python (python3).
 set -uo pipefail
 RUN=${RUN:-runs/recipe-shapes}
@@ -19,7 +19,7 @@ UNTIL=${UNTIL:-}
 PACK=${PACK:-}
 WORKERS=${WORKERS:-14}
 PAIRS=${PAIRS:-siglip,lm contrast_a,contrast_b}
-CONFIG=${CONFIG:-configs/recipe-shapes.yaml}
+CONFIG=${CONFIG:-configs/recipe/shapes.yaml}
 PY=${PY:-python3}
 export PYTHONUNBUFFERED=1
 end=$((SECONDS + LIMIT))

@@ -1,4 +1,4 @@
-"""`janusflow recipe shapes` end to end at the smoke preset (configs/recipe-shapes-smoke.yaml): every
+"""`janusflow recipe shapes` end to end at the smoke preset (configs/recipe/shapes-smoke.yaml): every
 stage from nothing, the records, the shipped layout; a run stopped after a stage and at a deadline and
 then continued equals one uninterrupted run; a pack carries finished stages to another folder; bad
 configs and changed configs are refused in one line."""
@@ -20,7 +20,7 @@ from janusflow.cli import main
 from janusflow.errors import ConfigError
 from janusflow.shapes.recipe.config import REPO_CONFIGS, load_recipe, stage_seed
 
-SMOKE = str(REPO_CONFIGS / "recipe-shapes-smoke.yaml")
+SMOKE = str(REPO_CONFIGS / "shapes-smoke.yaml")
 STAGES = ["vae", "tokenizer", "siglip", "lm", "adapt", "unified", "sft", "contrast", "contrast_a", "contrast_b",
           "soup", "assemble", "eval"]
 
@@ -193,7 +193,7 @@ def test_configs_that_cannot_run_are_refused_in_one_line(smoke_run, tmp_path, ca
 
 def test_a_config_starts_from_another_and_names_only_what_it_changes(tmp_path):
     smoke = load_recipe(SMOKE)
-    full = load_recipe(REPO_CONFIGS / "recipe-shapes.yaml")
+    full = load_recipe(REPO_CONFIGS / "shapes.yaml")
     assert list(smoke.stages) == list(full.stages)  # the smoke preset is the recipe, smaller
     assert smoke.stages["contrast"].training == full.stages["contrast"].training
     assert smoke.stage_training("contrast").negative_weight == 5 and smoke.stage_training("sft").negative_weight == 0

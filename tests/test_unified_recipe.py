@@ -85,7 +85,7 @@ def test_default_sizes_meet_the_repa_grid_and_the_speed_budget():
     vae_dir = Path(unified.__file__).resolve().parents[2] / "default_model" / "vae"
     if not (vae_dir / "config.json").is_file():
         pytest.skip("the default model is not installed")
-    sizes = load_recipe(REPO_CONFIGS / "recipe-shapes.yaml").model
+    sizes = load_recipe(REPO_CONFIGS / "shapes.yaml").model
     gen = unified.gen_vision_for(und, vae_dir, sizes.gen_channels, sizes.gen_layers)
     assert (gen.latent_size, gen.kernel_size, gen.latent_grid, gen.upsamples) == (16, 2, 8, 1)
 

@@ -1,6 +1,6 @@
 """The recipe of the embedded default model, run by ``janusflow recipe shapes`` (docs/recipe.md):
 
-    config     the recipe as a typed config (configs/recipe-shapes*.yaml): stages, sizes, seeds
+    config     the recipe as a typed config (configs/recipe/*.yaml): stages, sizes, seeds
     build      the command's engine: stages in order, resumable, the records
     pack       a run folder carried to another machine (GPU leases)
     run        a trained stage in segments; parts 1-3 (VAE, tokenizer, SigLIP, LM)

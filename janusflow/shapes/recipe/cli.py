@@ -1,6 +1,6 @@
 """``janusflow recipe shapes``: build the embedded model from nothing (recipe/build.py, docs/recipe.md).
 
-    janusflow recipe shapes --out DIR [--config configs/recipe-shapes.yaml] [--device cuda] [--seed S]
+    janusflow recipe shapes --out DIR [--config configs/recipe/shapes.yaml] [--device cuda] [--seed S]
                             [--set stages.unified.steps=3000 ...] [--until STAGE] [--time-limit SECONDS]
                             [--only STAGE[,STAGE]] [--redo STAGE] [--pack DIR] [--unpack DIR] [--list]
 
@@ -16,15 +16,15 @@ from pathlib import Path
 from ...cli import arg, command
 from ...errors import InputError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "recipe-shapes.yaml"  # the repository's
+DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "recipe" / "shapes.yaml"  # the repository's
 
 
 @command("recipe", "build the embedded model from nothing: every part, the JanusFlow stages, the evaluation",
          arg("suite", choices=("shapes",), help="the recipe: shapes (the embedded world's model)"),
          arg("--out", required=True, metavar="DIR", help="the run folder; the model is assembled into DIR/model"),
          arg("--config", default=str(DEFAULT_CONFIG), metavar="FILE",
-             help="the recipe (default: configs/recipe-shapes.yaml, the GPU preset; "
-                  "configs/recipe-shapes-smoke.yaml: tiny, seconds on a CPU)"),
+             help="the recipe (default: configs/recipe/shapes.yaml, the GPU preset; "
+                  "configs/recipe/shapes-smoke.yaml: tiny, seconds on a CPU)"),
          arg("--seed", type=int, default=None, help="the recipe's seed (default: the config's)"),
          arg("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
              help="change the config, e.g. stages.unified.steps=3000 or training.repa_weight=0 (repeat)"),

@@ -1,4 +1,4 @@
-"""The recipe as a typed config: ``configs/recipe-shapes.yaml`` and its presets.
+"""The recipe as a typed config: ``configs/recipe/shapes.yaml`` and its presets.
 
     seed: 0                      # every stage's seed derives from it (stage_seed)
     model:    {parts: default, vocab_size: 512, gen_channels: 128, gen_layers: 2}
@@ -43,7 +43,7 @@ KINDS = (*PART_KINDS, "janusflow", "soup")
 FINAL_STAGES = ("assemble", "eval")
 PHASES = ("adaptation", "pretrain", "sft")  # janusflow.train.stages presets: what trains, the task mix
 PARTS = "parts"  # a janusflow stage's start: the parts put together (new modules freshly initialised)
-REPO_CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+REPO_CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "recipe"  # the repository's recipes
 
 
 @dataclass
