@@ -22,6 +22,7 @@ import torch
 
 from _common import ROOT, machine, parse_args
 from janusflow.shapes.recipe import unified
+from janusflow.shapes.recipe.config import REPO_CONFIGS, load_recipe
 from janusflow.train import Shard
 from janusflow.train.collate import to_model_inputs
 from janusflow.train.task import JanusFlowTask
@@ -39,15 +40,15 @@ def tensor_bytes(obj) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stage", default="unified", choices=unified.STAGE_ORDER)
+    recipe = load_recipe(REPO_CONFIGS / "shapes.yaml")  # the GPU recipe's JanusFlow stages
+    parser.add_argument("--stage", default="unified", choices=[n for n, s in recipe.stages.items() if s.kind == "janusflow"])
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=6)
     args = parse_args(parser, threads_default=1)
 
-    settings = unified.PRESETS["gpu"]
-    plan = getattr(settings, args.stage)
+    spec, settings = recipe.stages[args.stage], recipe.stage_training(args.stage)
     model = ROOT / "janusflow" / "default_model"
-    config = unified.train_config(args.stage, plan, settings, model, Path("/nonexistent"), seed=4)
+    config = unified.train_config(spec.phase, spec, settings, model, Path("/nonexistent"), seed=4)
     config.stage.batch_size = args.batch_size
     task = JanusFlowTask(config, sources=unified.shapes_sources(4, settings))
     shard = Shard(0, 1, 1)

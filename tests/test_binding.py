@@ -1,4 +1,4 @@
-"""The binding probe (janusflow.shapes.recipe.binding): failure kinds read from renders, the swap gap."""
+"""The binding probe (experiments.binding): failure kinds read from renders, the swap gap."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from janusflow.shapes.prompts import parse_prompt
-from janusflow.shapes.recipe import binding
+from experiments import binding
 from janusflow.shapes.render import render
 from janusflow.shapes.scorer import detect_objects
 from janusflow.shapes.world import Obj, Scene

@@ -95,7 +95,7 @@ def test_training_steps_on_cuda_with_data_workers(tmp_path):
 
 
 def test_a_preference_round_runs_on_cuda(tiny, tmp_path):
-    from janusflow.shapes.recipe.preference import PreferenceConfig, round_dir, run
+    from experiments.preference import PreferenceConfig, round_dir, run
 
     calls = []
 

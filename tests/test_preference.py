@@ -1,4 +1,4 @@
-"""Online flow-DPO (janusflow.shapes.recipe.preference): the loss's value and direction, the pairing,
+"""Online flow-DPO (experiments.preference): the loss's value and direction, the pairing,
 and a two-round run of a tiny model with a judge that passes every other image, resumed."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from janusflow.checkpoint import read_safetensors
 from janusflow.errors import ConfigError
 from janusflow.pipeline import JanusFlowPipeline
 from janusflow.serve.tiny_model import build_tiny_model_folder
-from janusflow.shapes.recipe.preference import (FlowDPO, PreferenceConfig, draw_prompts, main, pair_up, round_dir,
+from experiments.preference import (FlowDPO, PreferenceConfig, draw_prompts, main, pair_up, round_dir,
                                                 run)
 from janusflow.train.losses import flow_dpo_loss
 

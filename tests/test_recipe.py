@@ -1,10 +1,9 @@
-"""The shapes recipe's parts 1-3 (janusflow.shapes.recipe): losses, labels, data, and a smoke run
-of every stage on tiny sizes through the shared trainer, with resume and skip of finished stages."""
+"""The shapes recipe's parts 1-3 (janusflow.shapes.recipe): losses, labels and data. Every stage run
+through the shared trainer, with resume: tests/test_recipe_command.py."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 
 import numpy as np
@@ -12,7 +11,6 @@ import pytest
 import torch
 
 from janusflow.shapes import Obj, Scene, describe, render_array, sample_scene
-from janusflow.shapes.recipe import run
 from janusflow.shapes.recipe.corpus import chat_text, tokenizer_corpus
 from janusflow.shapes.recipe.data import batch_rng, read_matches, scene_images, to_pixels, to_uint8
 from janusflow.shapes.recipe.siglip import caption_is_true, sigmoid_loss, true_matrix
@@ -172,54 +170,3 @@ def test_lm_answer_mask_and_weighted_loss():
     loss4, logs4 = weighted(batch, {**totals, "ce_weight": n + 4 * a})
     # (sum ce + 4 sum_answers ce) / (n + 4 a)
     assert float(loss4.detach()) == pytest.approx((logs["ce"] * n + 4 * logs["ce_answers"] * a) / (n + 4 * a), rel=1e-5)
-
-
-def test_recipe_smoke_run_resumes_and_skips(tmp_path, capsys):
-    run_dir, parts = tmp_path / "run", tmp_path / "parts"
-    tiny = run.PRESETS["tiny"]
-    half = dataclasses.replace(tiny, vae=dataclasses.replace(tiny.vae, steps=2))
-    run.PRESETS["tiny-half"] = half
-    try:
-        run.main(["--preset", "tiny-half", "--run-dir", str(run_dir), "--parts-dir", str(parts), "--stages", "vae"])
-    finally:
-        del run.PRESETS["tiny-half"]
-    # the half run is done; forget that so the full budget continues from its checkpoint
-    (run_dir / "vae" / "DONE.json").unlink()
-    args = ["--preset", "tiny", "--run-dir", str(run_dir), "--parts-dir", str(parts)]
-    run.main(args)
-    out = capsys.readouterr().out
-    assert "resumed from" in out and "step-00000002" in out
-    evals = json.loads((run_dir / "vae" / "progress.json").read_text())["evals"]
-    assert [e["step"] for e in evals] == [2, 4]
-
-    from diffusers import AutoencoderKL
-    from transformers import AutoTokenizer, LlamaForCausalLM, SiglipVisionModel
-
-    from safetensors.torch import load_file
-
-    assert all(t.dtype == torch.float16 for t in load_file(parts / "vae" / "diffusion_pytorch_model.safetensors").values())
-    vae = AutoencoderKL.from_pretrained(parts / "vae")
-    assert vae.config.scaling_factor == pytest.approx(evals[-1]["scaling_factor"])
-    tokenizer = AutoTokenizer.from_pretrained(parts / "tokenizer")
-    assert tokenizer.decode(tokenizer.encode("a red circle", add_special_tokens=False)) == "a red circle"
-    encoder = SiglipVisionModel.from_pretrained(parts / "und_encoder")
-    assert encoder(pixel_values=torch.zeros(1, 3, 64, 64, dtype=encoder.dtype)).last_hidden_state.shape[1] == 16
-    llm = LlamaForCausalLM.from_pretrained(parts / "llm")
-    assert llm.config.vocab_size == len(tokenizer)
-    for stage in run.STAGES:
-        assert (run_dir / stage / "DONE.json").is_file()
-
-    # the hand-off to the JanusFlow stages: a model holding the pre-trained LLM and encoder
-    from janusflow.config import GenerationVisionConfig
-    from janusflow.shapes.recipe.parts import model_from_parts
-
-    grid4 = GenerationVisionConfig(latent_size=32, kernel_size=8, stride=8, channels=16, decoder_in_channels=16,
-                                   encoder_layers=1, decoder_layers=1, upsamples=3)  # tiny parts: 4 x 4 grids
-    model = model_from_parts(parts, grid4)
-    assert torch.equal(model.language_model.lm_head.weight, llm.lm_head.weight.float())
-    assert torch.equal(model.und_encoder.siglip.embeddings.patch_embedding.weight,
-                       encoder.embeddings.patch_embedding.weight.float())
-
-    run.main(args)  # everything finished: every stage is skipped
-    out = capsys.readouterr().out
-    assert out.count("already done") == len(run.STAGES)

@@ -1,4 +1,4 @@
-"""The relation probe (janusflow.shapes.recipe.relations): clear two-object cases, scored by direction."""
+"""The relation probe (experiments.relations): clear two-object cases, scored by direction."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from janusflow.shapes.recipe import relations
+from experiments import relations
 from janusflow.shapes.scorer import detect_objects
 from janusflow.shapes.world import RELATIONS
 

@@ -1,4 +1,4 @@
-"""When a sample's composition settles (``shapes.recipe.settle``): the data prediction per step, the
+"""When a sample's composition settles (``experiments.settle``): the data prediction per step, the
 settle step, and the final step being the evaluation's image."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from janusflow.pipeline import JanusFlowPipeline, default_model_dir
 from janusflow.sampler import SamplerConfig, initial_noise, sample_latents, time_grid
 from janusflow.shapes.evaluate import geneval_metadata
 from janusflow.shapes.prompts import parse_prompt
-from janusflow.shapes.recipe.settle import main, predicted_data, run, settle_step, summarize
+from experiments.settle import main, predicted_data, run, settle_step, summarize
 from janusflow.shapes.scorer import detect_objects, score_image
 
 

@@ -1,4 +1,4 @@
-"""TIES merging (janusflow.shapes.recipe.ties): the trim / elect / disjoint-mean steps on numbers
+"""TIES merging (experiments.ties): the trim / elect / disjoint-mean steps on numbers
 worked by hand, the base kept outside ``--only``, and refusals of settings it cannot merge with."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from janusflow.errors import ConfigError
 from janusflow.pipeline import JanusFlowPipeline
 from janusflow.serve.tiny_model import build_tiny_model_folder
-from janusflow.shapes.recipe.ties import main, ties, ties_delta
+from experiments.ties import main, ties, ties_delta
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """Recipe part 4 (janusflow.shapes.recipe.unified / assemble) and `janusflow eval shapes`: the model
-built from the parts, the on-the-fly data, a smoke run of the three stages from tiny random parts,
-assembly into a default-model folder, and the eval command end to end on a tiny random model."""
+built from the parts, the on-the-fly data, what trains in each phase, a stage's settings reaching the
+trainer, a stage run in segments, and the eval command end to end on a tiny random model. The whole
+recipe as one command: tests/test_recipe_command.py."""
 
 from __future__ import annotations
 
@@ -16,7 +17,17 @@ import torch
 from janusflow.errors import ConfigError
 from janusflow.shapes import FORMS, parse_prompt, questions_for_scene, sample_scene, score_image
 from janusflow.shapes.recipe import streams, unified
-from janusflow.shapes.recipe.run import PRESETS as RECIPE_PRESETS
+from janusflow.shapes.recipe.config import REPO_CONFIGS, StageSpec, load_recipe
+from janusflow.shapes.recipe.unified import TrainingSettings
+
+PHASES = ("adaptation", "pretrain", "sft")
+TINY_GEN = (16, 1)  # gen_channels, gen_layers of the smoke recipe
+TINY = TrainingSettings(repa_layer=1, eval_prompts=1, eval_images=1, eval_questions=3)
+
+
+def tiny_spec(**changes) -> StageSpec:
+    return dataclasses.replace(StageSpec(kind="janusflow", phase="sft", start="parts", steps=2, segment=2,
+                                         batch_size=4, lr=1e-3, warmup_steps=1, save_every=1), **changes)
 
 
 @pytest.fixture(autouse=True)
@@ -55,11 +66,10 @@ def tiny_parts(tmp_path_factory) -> Path:
 def test_model_from_parts_has_their_weights_and_one_token_grid(tiny_parts):
     from transformers import LlamaForCausalLM, SiglipVisionModel
 
-    settings = unified.PRESETS["tiny"]
-    config = unified.model_config(tiny_parts, settings)
+    config = unified.model_config(tiny_parts, *TINY_GEN)
     assert config.und_vision.grid == config.gen_vision.latent_grid == 4  # 64 px / patch 16; latent 32 / 8
     assert config.gen_vision.upsamples == 3 and config.gen_vision.latent_size == 32
-    model, processor = unified.init_from_parts(tiny_parts, settings)
+    model, processor = unified.init_from_parts(tiny_parts, *TINY_GEN)
     llm = LlamaForCausalLM.from_pretrained(tiny_parts / "llm")
     siglip = SiglipVisionModel.from_pretrained(tiny_parts / "und_encoder")
     assert torch.equal(model.language_model.lm_head.weight, llm.lm_head.weight)
@@ -72,16 +82,16 @@ def test_default_sizes_meet_the_repa_grid_and_the_speed_budget():
     from janusflow.shapes.recipe.siglip import default_vision
 
     und = default_vision()
-    vae_dir = Path(unified.__file__).resolve().parents[2] / "default_model" / "parts" / "vae"
+    vae_dir = Path(unified.__file__).resolve().parents[2] / "default_model" / "vae"
     if not (vae_dir / "config.json").is_file():
-        pytest.skip("parts/vae is not installed")
-    settings = unified.PRESETS["default"]
-    gen = unified.gen_vision_for(und, vae_dir, settings.gen_channels, settings.gen_layers)
+        pytest.skip("the default model is not installed")
+    sizes = load_recipe(REPO_CONFIGS / "shapes.yaml").model
+    gen = unified.gen_vision_for(und, vae_dir, sizes.gen_channels, sizes.gen_layers)
     assert (gen.latent_size, gen.kernel_size, gen.latent_grid, gen.upsamples) == (16, 2, 8, 1)
 
 
 def test_sources_are_deterministic_and_true_to_the_spec():
-    sources = unified.shapes_sources(0, unified.PRESETS["default"])
+    sources = unified.shapes_sources(0, TrainingSettings())
     a, b = sources["und"](5), sources["und"](5)
     assert a.messages == b.messages and np.array_equal(np.asarray(a.images[0]), np.asarray(b.images[0]))
     forms, gen_tags = Counter(), Counter()
@@ -104,80 +114,40 @@ def test_sources_are_deterministic_and_true_to_the_spec():
     assert len(gen_tags) == 6 and set(forms) == set(FORMS)
     # category weights steer the prompt-first captions (3 of 4); the rest stay true captions of random scenes
     only_position = dict.fromkeys(("single_object", "two_object", "counting", "colors", "color_attr"), 0.0)
-    settings = dataclasses.replace(unified.PRESETS["default"], gen_category_weights=only_position)
+    settings = TrainingSettings(gen_category_weights=only_position)
     steered = Counter(parse_prompt(unified.shapes_sources(0, settings)["gen"](i).caption).tag for i in range(80))
     assert steered["position"] >= 0.6 * 80  # about 1 in 6 without weights
-
-
-def test_three_stages_smoke_run_resume_and_assembly(tiny_parts, tmp_path):
-    from janusflow.pipeline import JanusFlowPipeline
-    from janusflow.understanding import JanusFlowChat
-
-    run_dir = tmp_path / "runs"
-    tiny = RECIPE_PRESETS["tiny"]
-    for stage in unified.STAGE_ORDER:
-        unified.STAGES[stage](tiny, run_dir, tiny_parts)
-        evals = [json.loads(line) for line in (run_dir / stage / "eval.jsonl").read_text().splitlines()]
-        plan = getattr(unified.PRESETS["tiny"], stage)
-        assert [e["step"] for e in evals] == list(range(plan.segment, plan.steps + 1, plan.segment))
-        assert all(0 <= e["gen_overall"] <= 1 and 0 <= e["und_overall"] <= 1 for e in evals)
-        assert (run_dir / stage / "DONE.json").is_file()
-    # each stage started from the previous one's chosen export, and trained what its preset says
-    done = json.loads((run_dir / "unified" / "DONE.json").read_text())
-    assert done["start"].startswith(str(run_dir / "adapt" / "export"))
-    # a finished stage returns at once (resume): no new evaluation line
-    unified.STAGES["sft"](tiny, run_dir, tiny_parts)
-    assert len((run_dir / "sft" / "eval.jsonl").read_text().splitlines()) == 1
-    # the assembled model sits beside the parts and loads with no arguments but its folder
-    model_dir = tiny_parts.parent
-    assert (model_dir / "parts" / "llm").is_dir() and (model_dir / "config.json").is_file()
-    results = json.loads((model_dir / "eval_shapes.json").read_text())
-    assert results["settings"]["num_inference_steps"] == 30 and results["generation"]["n_images"] == 6
-    # it ships its sampling defaults: each image the best of up to 4 by its own self-check
-    assert json.loads((model_dir / "image_generation_config.json").read_text()) == {"candidates": 4, "judge": "shapes"}
-    assert results["settings"]["candidates"] == 4 and 1 <= results["timing"]["generation"]["samples_per_image"] <= 4
-    from safetensors import safe_open
-
-    with safe_open(model_dir / "model.safetensors", framework="pt") as f:
-        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
-    # no path of the machine that built it is recorded in the shipped VAE's config
-    assert "_name_or_path" not in json.loads((model_dir / "vae" / "config.json").read_text())
-    pipe = JanusFlowPipeline.from_pretrained(model_dir)
-    assert pipe.model.dtype == torch.float32 and pipe.vae is not None
-    assert isinstance(JanusFlowChat.from_pretrained(model_dir).ask([], "how many shapes are there?",
-                                                                   max_new_tokens=4), str)
 
 
 def test_frozen_modules_follow_the_stage(tiny_parts, tmp_path):
     from janusflow.train.task import JanusFlowTask
 
-    settings = unified.PRESETS["tiny"]
-    start = unified.write_init(tiny_parts, tmp_path / "init", settings)
+    start = unified.write_init(tiny_parts, tmp_path / "init", *TINY_GEN)
     names = {}
-    for stage in unified.STAGE_ORDER:
-        config = unified.train_config(stage, getattr(settings, stage), settings, start, tmp_path / stage, 0)
-        task = JanusFlowTask(config, sources=unified.shapes_sources(0, settings))
-        names[stage] = {n.removeprefix("model.").split(".")[0] for n in task.trainable_parameters()}
-    assert "language_model" not in names["adapt"] and "und_encoder" not in names["adapt"]
-    assert {"gen_encoder", "gen_decoder", "und_aligner", "repa_head"} <= names["adapt"]
-    assert "language_model" in names["unified"] and "und_encoder" not in names["unified"]
+    for phase in PHASES:
+        config = unified.train_config(phase, tiny_spec(), TINY, start, tmp_path / phase, 0)
+        task = JanusFlowTask(config, sources=unified.shapes_sources(0, TINY))
+        names[phase] = {n.removeprefix("model.").split(".")[0] for n in task.trainable_parameters()}
+    assert "language_model" not in names["adaptation"] and "und_encoder" not in names["adaptation"]
+    assert {"gen_encoder", "gen_decoder", "und_aligner", "repa_head"} <= names["adaptation"]
+    assert "language_model" in names["pretrain"] and "und_encoder" not in names["pretrain"]
     assert "und_encoder" in names["sft"]
 
 
 def test_trainable_replaces_every_stages_list(tiny_parts, tmp_path):
     from janusflow.train.task import JanusFlowTask
 
-    settings = dataclasses.replace(unified.PRESETS["tiny"], repa_weight=0.0,
+    settings = dataclasses.replace(TINY, repa_weight=0.0,
                                    trainable=["und_encoder", "und_aligner", "language_model.model.layers.0"])
-    start = unified.write_init(tiny_parts, tmp_path / "init", settings)
-    for stage in unified.STAGE_ORDER:
-        config = unified.train_config(stage, getattr(settings, stage), settings, start, tmp_path / stage, 0)
+    start = unified.write_init(tiny_parts, tmp_path / "init", *TINY_GEN)
+    for phase in PHASES:
+        config = unified.train_config(phase, tiny_spec(), settings, start, tmp_path / phase, 0)
         names = set(JanusFlowTask(config, sources=unified.shapes_sources(0, settings)).trainable_parameters())
         assert {n.removeprefix("model.").split(".")[0] for n in names} == {"und_encoder", "und_aligner", "language_model"}
         assert all(".layers.0." in n for n in names if "language_model" in n)
     for bad in (["und_encoders"], ["language_model..layers"], ["gen"]):
         with pytest.raises(ConfigError, match="trainable"):
-            unified.train_config("sft", settings.sft, dataclasses.replace(settings, trainable=bad), start, tmp_path / "x", 0)
+            unified.train_config("sft", tiny_spec(), dataclasses.replace(settings, trainable=bad), start, tmp_path / "x", 0)
 
 
 def test_distractor_share_sets_how_many_prompt_scenes_hold_more_than_the_prompt_names():
@@ -208,62 +178,70 @@ def test_distractor_share_sets_how_many_prompt_scenes_hold_more_than_the_prompt_
     assert sample.caption == prompt.text
     assert np.array_equal(np.asarray(sample.image), np.asarray(render(scene_for_prompt(rng_b, prompt))))
     assert rng_a.random() == rng_b.random()
-    settings = unified.PRESETS["tiny"]
     for bad in ({"distractor_share": 1.5}, {"prompt_first_share": -0.1}):
         with pytest.raises(ConfigError, match="share"):
-            unified.shapes_sources(0, dataclasses.replace(settings, **bad))
+            unified.shapes_sources(0, dataclasses.replace(TINY, **bad))
 
 
 def test_task_mix_replaces_the_listed_shares_of_every_stage(tiny_parts, tmp_path):
     from janusflow.train.stages import stage_preset
 
-    settings = unified.PRESETS["tiny"]
-    start = unified.write_init(tiny_parts, tmp_path / "init", settings)
-    mixed = dataclasses.replace(settings, task_mix={"und": 60.0, "text": 0.0})
-    for stage in unified.STAGE_ORDER:
-        paper = stage_preset(unified.STAGE_PRESETS[stage]).ratio
-        config = unified.train_config(stage, getattr(settings, stage), mixed, start, tmp_path / stage, 0)
+    start = unified.write_init(tiny_parts, tmp_path / "init", *TINY_GEN)
+    mixed = dataclasses.replace(TINY, task_mix={"und": 60.0, "text": 0.0})
+    for phase in PHASES:
+        paper = stage_preset(phase).ratio
+        config = unified.train_config(phase, tiny_spec(), mixed, start, tmp_path / phase, 0)
         assert config.stage.ratio == {**paper, "und": 60, "text": 0} and config.stage.ratio["gen"] == paper["gen"]
-        assert unified.train_config(stage, getattr(settings, stage), settings, start, tmp_path / stage, 0).stage.ratio == paper
+        assert unified.train_config(phase, tiny_spec(), TINY, start, tmp_path / phase, 0).stage.ratio == paper
     for bad, match in (({"und": 2.5}, "ratio"), ({"vision": 3.0}, "unknown task")):
         with pytest.raises(ConfigError, match=match):
-            unified.train_config("sft", settings.sft, dataclasses.replace(settings, task_mix=bad), start, tmp_path / "x", 0)
-
-
-def test_set_parses_switches_numbers_and_tables_of_the_whole_recipe():
-    import argparse
-
-    from janusflow.shapes.recipe.run import with_overrides
-
-    parser = argparse.ArgumentParser()
-    tiny = unified.PRESETS["tiny"]
-    changed = with_overrides(tiny, ["final_eval=false", "seed=7", "task_mix.und=60", "sft.lr=5e-5"], parser)
-    assert (changed.final_eval, changed.seed, changed.task_mix, changed.sft.lr) == (False, 7, {"und": 60.0}, 5e-5)
-    assert with_overrides(changed, ["final_eval=True"], parser).final_eval is True
-    assert with_overrides(tiny, ["trainable=und_encoder, und_aligner"], parser).trainable == ["und_encoder", "und_aligner"]
-    assert with_overrides(tiny, ["trainable="], parser).trainable == []
-    assert with_overrides(tiny, ["negatives=edits"], parser).negatives == "edits"  # a word, checked where used
-    with pytest.raises(ConfigError, match="negatives"):
-        unified.shapes_sources(0, with_overrides(tiny, ["negatives=all"], parser))
-    for bad in ("final_eval=maybe", "seed=-1", "sft.colour=3", "sft.lr=-1e-4", "time_mean=nan", "time_std=-1"):
-        with pytest.raises(SystemExit):
-            with_overrides(tiny, [bad], parser)
+            unified.train_config("sft", tiny_spec(), dataclasses.replace(TINY, task_mix=bad), start, tmp_path / "x", 0)
 
 
 def test_time_distribution_reaches_the_flow_loss(tiny_parts, tmp_path):
-    import argparse
-
-    from janusflow.shapes.recipe.run import with_overrides
-
-    tiny = unified.PRESETS["tiny"]
-    start = unified.write_init(tiny_parts, tmp_path / "init", tiny)
-    early = with_overrides(tiny, ["time_mean=-0.5", "time_std=0.8"], argparse.ArgumentParser())
-    losses = unified.train_config("sft", early.sft, early, start, tmp_path / "sft", 0).losses
+    start = unified.write_init(tiny_parts, tmp_path / "init", *TINY_GEN)
+    early = dataclasses.replace(TINY, time_mean=-0.5, time_std=0.8)
+    losses = unified.train_config("sft", tiny_spec(), early, start, tmp_path / "sft", 0).losses
     assert (losses.time_mean, losses.time_std) == (-0.5, 0.8)
-    paper = unified.train_config("sft", tiny.sft, tiny, start, tmp_path / "sft", 0).losses
+    paper = unified.train_config("sft", tiny_spec(), TINY, start, tmp_path / "sft", 0).losses
     assert (paper.time_mean, paper.time_std) == (0.0, 1.0)
     with pytest.raises(ConfigError, match="time_std"):
-        unified.train_config("sft", tiny.sft, dataclasses.replace(tiny, time_std=0.0), start, tmp_path / "x", 0)
+        unified.train_config("sft", tiny_spec(), dataclasses.replace(TINY, time_std=0.0), start, tmp_path / "x", 0)
+
+
+def test_a_stage_in_segments_keeps_one_schedule_and_records_its_settings(tiny_parts, tmp_path):
+    """Each segment is one trainer run; the cool-down spans them. The stage's settings reach the
+    trainer's config.yaml, and the chosen export and its REPA projector are left for the next stage."""
+    start = unified.write_init(tiny_parts, tmp_path / "init", *TINY_GEN)
+    settings = dataclasses.replace(TINY, und_form_weights={"relation": 3.0}, negative_weight=2.0, negatives="edits")
+    spec = tiny_spec(steps=4, segment=2, decay_steps=2)
+    export, last = unified.run_stage("sft", "sft", spec, settings, start, tmp_path / "sft", seed=5)
+    rows = (tmp_path / "sft" / "log.csv").read_text().splitlines()
+    lrs = {int(r.split(",")[0]): float(r.split(",")[1]) for r in rows[1:]}
+    assert lrs == pytest.approx({2: 1e-3, 4: 0.5e-3})
+    evals = [json.loads(line) for line in (tmp_path / "sft" / "eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [2, 4] and all(0 <= e["gen_overall"] <= 1 for e in evals)
+    assert export == tmp_path / "sft" / last["weights"] and (export / "vae" / "config.json").is_file()
+    config = (tmp_path / "sft" / "config.yaml").read_text()
+    assert "und_form_weights:\n    relation: 3.0" in config and "negative_weight: 2.0" in config
+    assert "\n  seed: 5\n" in config and "batch_size: 4" in config
+    assert (tmp_path / "sft" / unified.REPA_HEAD).is_file()
+    # the next stage starts its projector there: the carried head equals the saved one
+    from janusflow.train.task import JanusFlowTask
+
+    config = unified.train_config("sft", tiny_spec(), TINY, export, tmp_path / "next", 0)
+    task = JanusFlowTask(config, sources=unified.shapes_sources(0, TINY))
+    assert unified.carry_repa_head(task, tmp_path / "sft")
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "sft" / unified.REPA_HEAD)
+    assert all(torch.equal(v, task.module.repa_head.state_dict()[k]) for k, v in saved.items())
+    with pytest.raises(ConfigError, match="decay_steps"):
+        unified.train_config("sft", tiny_spec(decay_steps=3), TINY, start, tmp_path / "bad", 0)
+    with pytest.raises(ConfigError, match="unknown question form"):
+        unified.shapes_sources(0, dataclasses.replace(TINY, und_form_weights={"colour": 3.0}))
+    with pytest.raises(ConfigError, match="unknown prompt categories"):
+        unified.shapes_sources(0, dataclasses.replace(TINY, gen_category_weights={"shapes": 3.0}))
 
 
 def test_assemble_refuses_a_folder_without_vae(tmp_path):
@@ -320,74 +298,3 @@ def test_eval_shapes_best_of_candidates(tmp_path, capsys):
     assert len(list((out / "geneval" / "images").glob("*/samples/*.png"))) == 6
     assert main([*args, "--candidates", "0"]) == 1
     assert "candidates must be at least 1" in capsys.readouterr().err
-
-
-def test_entry_point_snapshot_parts_and_a_step_override(tiny_parts, tmp_path, capsys):
-    """`unified snapshot-parts` takes finished parts from the parts folder; `unified train --steps`
-    overrides a stage's budget; a second call skips the finished stage."""
-    parts = tmp_path / "model" / "parts"
-    unified.main(["snapshot-parts", "--recipe-dir", str(tmp_path / "nothing"), "--parts-dir", str(tiny_parts),
-                  "--out", str(parts)])
-    assert json.loads((parts / "SNAPSHOT.json").read_text())["llm"] == str(tiny_parts / "llm")
-    args = ["train", "--preset", "tiny", "--stages", "adapt", "--run-dir", str(tmp_path / "runs"),
-            "--parts-dir", str(parts), "--steps", "adapt=1"]
-    unified.main(args)
-    evals = [json.loads(line) for line in (tmp_path / "runs" / "adapt" / "eval.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in evals] == [1]
-    unified.main(args)
-    assert "already done" in capsys.readouterr().out
-
-
-def test_start_continues_a_model_folder_and_a_budget_in_seconds(tiny_parts, tmp_path, capsys):
-    """`unified train --start DIR` trains the first listed stage from DIR (a shipped model, say);
-    `--budget STAGE=SECONDS` ends the stage at that much training time."""
-    parts = tmp_path / "model" / "parts"
-    unified.main(["snapshot-parts", "--recipe-dir", str(tmp_path / "nothing"), "--parts-dir", str(tiny_parts),
-                  "--out", str(parts)])
-    base = ["train", "--preset", "tiny", "--parts-dir", str(parts)]
-    unified.main(base + ["--stages", "adapt", "--run-dir", str(tmp_path / "first")])
-    exported = tmp_path / "first" / "adapt" / "export"
-    unified.main(base + ["--stages", "unified", "--run-dir", str(tmp_path / "again"), "--start", str(exported),
-                         "--steps", "unified=50", "--budget", "unified=1e-6"])
-    done = json.loads((tmp_path / "again" / "unified" / "DONE.json").read_text())
-    assert done["start"] == str(exported) and done["train"]["step"] == 1  # stopped by the time budget
-    with pytest.raises(SystemExit):
-        unified.main(base + ["--stages", "unified", "--start", str(tmp_path / "nothing")])
-    with pytest.raises(SystemExit):
-        unified.main(base + ["--stages", "unified", "--budget", "unified=-1"])
-    for bad in ("unified.batch_size=-2", "unified.colour=3", "nothing.lr=1", "unified.lr=abc", "repa_weight=-1",
-                "unified=3"):
-        with pytest.raises(SystemExit):
-            unified.main(base + ["--stages", "unified", "--set", bad])
-    # a stage's setting changed from the command line: a batch of 3 instead of the preset's 4
-    unified.main(base + ["--stages", "unified", "--run-dir", str(tmp_path / "batch"), "--start", str(exported),
-                         "--set", "unified.batch_size=3", "--set", "unified.steps=1"])
-    config = (tmp_path / "batch" / "unified" / "config.yaml").read_text()
-    assert "batch_size: 3" in config and "repa_weight: 1.0" in config
-    # a recipe-wide setting: REPA off (say, to continue a model whose REPA projector was not kept)
-    unified.main(base + ["--stages", "unified", "--run-dir", str(tmp_path / "norepa"), "--start", str(exported),
-                         "--set", "repa_weight=0", "--set", "unified.steps=1"])
-    assert "repa_weight: 0.0" in (tmp_path / "norepa" / "unified" / "config.yaml").read_text()
-    # a table entry: train more on one question form; a form that does not exist is a clear error
-    unified.main(base + ["--stages", "unified", "--run-dir", str(tmp_path / "forms"), "--start", str(exported),
-                         "--set", "und_form_weights.relation=3", "--set", "unified.steps=1"])
-    assert "und_form_weights:\n    relation: 3.0" in (tmp_path / "forms" / "unified" / "config.yaml").read_text()
-    unified.main(base + ["--stages", "unified", "--run-dir", str(tmp_path / "cats"), "--start", str(exported),
-                         "--set", "gen_category_weights.position=2", "--set", "unified.steps=1", "--set", "seed=5"])
-    config = (tmp_path / "cats" / "unified" / "config.yaml").read_text()
-    assert "gen_category_weights:\n    position: 2.0" in config and "\n  seed: 5\n" in config  # fresh data: seed 5
-    with pytest.raises(ConfigError, match="unknown prompt categories"):
-        unified.main(base + ["--stages", "unified", "--run-dir", str(tmp_path / "badcat"), "--start", str(exported),
-                             "--set", "gen_category_weights.shapes=3"])
-    with pytest.raises(ConfigError, match="unknown question form"):
-        unified.main(base + ["--stages", "unified", "--run-dir", str(tmp_path / "badform"), "--start", str(exported),
-                             "--set", "und_form_weights.colour=3"])
-    # a cool-down over the stage's last steps spans its segments (each segment is one trainer run)
-    unified.main(base + ["--stages", "unified", "--run-dir", str(tmp_path / "cool"), "--start", str(exported),
-                         "--set", "unified.steps=4", "--set", "unified.segment=2", "--set", "unified.decay_steps=2"])
-    rows = (tmp_path / "cool" / "unified" / "log.csv").read_text().splitlines()
-    lrs = {int(r.split(",")[0]): float(r.split(",")[1]) for r in rows[1:]}
-    assert lrs == pytest.approx({2: 1e-3, 4: 0.5e-3})
-    with pytest.raises(ConfigError, match="decay_steps"):
-        unified.main(base + ["--stages", "unified", "--run-dir", str(tmp_path / "bad"), "--start", str(exported),
-                             "--set", "unified.decay_steps=3"])

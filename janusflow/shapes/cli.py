@@ -229,3 +229,6 @@ def eval_main(args: argparse.Namespace) -> int:
     print(format_results(results))
     print(f"results: {Path(args.out) / 'results.json'}")
     return 0
+
+
+from .recipe import cli as _recipe_cli  # noqa: E402,F401  (registers `janusflow recipe`)

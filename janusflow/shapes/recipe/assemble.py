@@ -1,14 +1,14 @@
 """Assemble a trained model folder into the embedded default model (``janusflow/default_model``).
 
-    python -m janusflow.shapes.recipe.assemble runs/recipe/sft/export [--out janusflow/default_model] [--eval]
+    python -m janusflow.shapes.recipe.assemble runs/recipe/stages/sft/export --out DIR
 
 Writes ``config.json`` + ``model.safetensors`` (fp16), the tokenizer files, ``processor_config.json``,
 ``image_generation_config.json`` (``GENERATION``: each image the best of up to 4 by the model's self-check)
 and ``vae/`` (fp16; the pipeline runs it in fp32), at most ``MAX_MB`` in all, and checks that the
 result loads with ``JanusFlowPipeline.from_pretrained`` / ``JanusFlowChat.from_pretrained``. Files
-are written to a temporary folder and moved into place one by one; anything else in the target
-(``parts/``) is left alone. With ``--eval`` the assembled model is scored (``janusflow eval shapes``
-at the recipe's final sizes) and the results are kept beside it as ``eval_shapes.json``.
+are written to a temporary folder and moved into place one by one; scores of an earlier model there
+(``eval_shapes*.json``) are removed. ``janusflow recipe shapes`` assembles its last model this way and
+then evaluates it.
 """
 
 from __future__ import annotations
@@ -27,20 +27,14 @@ from ...image_generation_config import ImageGenerationConfig
 MAX_MB = 25.0
 GENERATION = ImageGenerationConfig(candidates=4, judge="shapes")  # the embedded model's sampling defaults
 RESULTS = "eval_shapes.json"
-DEFAULT_TARGET = Path(__file__).resolve().parents[2] / "default_model"
 
 
-def folder_mb(folder: Path, skip: tuple[str, ...] = ("parts",)) -> float:
-    """Size of the files of ``folder`` in MB (1e6 bytes), subfolders named in ``skip`` left out."""
-    total = 0
-    for path in folder.rglob("*"):
-        if path.is_file() and path.relative_to(folder).parts[0] not in skip:
-            total += path.stat().st_size
-    return total / 1e6
+def folder_mb(folder: Path) -> float:
+    """Size of the files of ``folder`` in MB (1e6 bytes)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
 
 
-def assemble(source: str | os.PathLike, target: str | os.PathLike = DEFAULT_TARGET, dtype: torch.dtype = torch.float16,
-             evaluate: bool = False, settings=None, eval_out: str | os.PathLike | None = None) -> dict[str, Any]:
+def assemble(source: str | os.PathLike, target: str | os.PathLike, dtype: torch.dtype = torch.float16) -> dict[str, Any]:
     """Copy the model folder ``source`` (ours, with vae/) into ``target`` in ``dtype``; returns a record."""
     from diffusers import AutoencoderKL
 
@@ -65,7 +59,8 @@ def assemble(source: str | os.PathLike, target: str | os.PathLike = DEFAULT_TARG
 
     target.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(target / VAE_SUBFOLDER, ignore_errors=True)
-    (target / RESULTS).unlink(missing_ok=True)  # scores of an earlier model no longer hold
+    for old in target.glob("eval_shapes*.json"):  # scores of an earlier model no longer hold
+        old.unlink()
     for path in sorted(staging.iterdir()):
         os.replace(path, target / path.name)
     staging.rmdir()
@@ -73,20 +68,6 @@ def assemble(source: str | os.PathLike, target: str | os.PathLike = DEFAULT_TARG
                               "size_mb": round(folder_mb(target), 2),
                               "parameters": sum(p.numel() for p in model.parameters())}
     _check_loads(target)
-    if evaluate:
-        from ..cli import evaluate_shapes
-        from .unified import PRESETS
-
-        s = settings or PRESETS["default"]
-        out = Path(eval_out) if eval_out else target.parent / f".{target.name}.eval"
-        results = evaluate_shapes(target, out, s.final_prompts, s.final_images, s.final_questions, seed=0,
-                                  show_progress=False)
-        results["model"] = "janusflow/default_model" if target.resolve() == DEFAULT_TARGET else str(target)
-        (target / RESULTS).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-        if eval_out is None:
-            shutil.rmtree(out, ignore_errors=True)
-        record["eval"] = {"generation": results["generation"], "understanding": results["understanding"],
-                          "timing": results["timing"]}
     return record
 
 
@@ -112,13 +93,11 @@ def _check_loads(target: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", help="a trained model folder (ours, with vae/), e.g. runs/recipe/sft/export")
-    parser.add_argument("--out", default=str(DEFAULT_TARGET), help="target folder (default: the embedded model)")
+    parser.add_argument("--out", required=True, help="target folder (the embedded model: janusflow/default_model)")
     parser.add_argument("--dtype", choices=("fp16", "bf16"), default="fp16")
-    parser.add_argument("--eval", action="store_true", help="score the assembled model (50 x 4 images, 1000 questions)")
-    parser.add_argument("--eval-out", default=None, help="keep the evaluation's images and answers here")
     args = parser.parse_args(argv)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
-    record = assemble(args.source, args.out, dtype, evaluate=args.eval, eval_out=args.eval_out)
+    record = assemble(args.source, args.out, dtype)
     print(json.dumps(record, indent=2))
 
 

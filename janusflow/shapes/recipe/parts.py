@@ -1,5 +1,5 @@
 """Hand-off from the recipe's parts 1-3 to the JanusFlow stages: a config and a model built from
-``janusflow/default_model/parts/``.
+``OUT/parts/`` (``janusflow recipe shapes``).
 
     parts/vae/          diffusers AutoencoderKL (its config holds the measured scaling_factor)
     parts/tokenizer/    HF fast tokenizer (the official special tokens at ids 0..6)
@@ -28,7 +28,7 @@ from ...errors import ConfigError
 def _config(path: Path) -> dict:
     file = path / "config.json"
     if not file.is_file():
-        raise ConfigError(f"{path}: no config.json (run `python -m janusflow.shapes.recipe.run` to build the parts)")
+        raise ConfigError(f"{path}: no config.json (`janusflow recipe shapes` builds the parts)")
     return json.loads(file.read_text(encoding="utf-8"))
 
 

@@ -22,7 +22,7 @@ from ..world import CATEGORIES
 from .corpus import sample_text
 
 if TYPE_CHECKING:
-    from .unified import UnifiedSettings
+    from .unified import TrainingSettings
 
 TASK_CODES = {"und": 1, "gen": 2, "text": 3, "negative": 4}
 
@@ -80,7 +80,7 @@ def text_sample(rng: np.random.Generator):
     return TextSample(sample_text(rng))
 
 
-def shapes_sources(seed: int, settings: UnifiedSettings) -> dict[str, Any]:
+def shapes_sources(seed: int, settings: TrainingSettings) -> dict[str, Any]:
     """task -> fn(position) -> sample, for ``JanusFlowTask(sources=...)``: endless and deterministic."""
     for field, names, what in (("und_form_weights", FORMS, "question forms"),
                                ("gen_category_weights", CATEGORIES, "prompt categories")):

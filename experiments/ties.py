@@ -1,6 +1,6 @@
 """TIES merging: several fine-tunes of one base added to it with less interference than their mean.
 
-    python -m janusflow.shapes.recipe.ties OUT BASE FT_A FT_B [...] [--keep 0.2] [--weights 1,1.3]
+    python -m experiments.ties OUT BASE FT_A FT_B [...] [--keep 0.2] [--weights 1,1.3]
         [--scale 1] [--only language_model]
 
 Task arithmetic adds each fine-tune's change to the base, tau_i = theta_i - theta_base. Averaged,
@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from ...errors import CheckpointError, ConfigError
-from .soup import (check_ingredients, check_only, parse_weights_and_only, read_state_like, selected_keys,
+from janusflow.errors import CheckpointError, ConfigError
+from janusflow.shapes.recipe.soup import (check_ingredients, check_only, parse_weights_and_only, read_state_like, selected_keys,
                    write_merged)
 
 

@@ -1,6 +1,6 @@
 """When a sample's composition settles: the scorer reads the sampler's prediction of the data at every step.
 
-    python -m janusflow.shapes.recipe.settle [--model DIR] [--category counting] [--prompts 50] [--images 4]
+    python -m experiments.settle [--model DIR] [--category counting] [--prompts 50] [--images 4]
                                              [--seed 0] [--threads 1] [--out FILE.json]
 
 At step k of the Euler loop (z_k at time t_k, velocity v_k) the rectified flow's straight-line
@@ -27,14 +27,14 @@ from pathlib import Path
 
 import torch
 
-from ...errors import JanusFlowError
-from ...pipeline import JanusFlowPipeline, default_model_dir
-from ...sampler import SamplerConfig, initial_noise, sample_latents, time_grid
-from ...vae import decode, to_pil
-from ..evaluate import geneval_metadata
-from ..prompts import parse_prompt
-from ..scorer import Detection, detect_objects, passes
-from ..world import CATEGORIES
+from janusflow.errors import JanusFlowError
+from janusflow.pipeline import JanusFlowPipeline, default_model_dir
+from janusflow.sampler import SamplerConfig, initial_noise, sample_latents, time_grid
+from janusflow.vae import decode, to_pil
+from janusflow.shapes.evaluate import geneval_metadata
+from janusflow.shapes.prompts import parse_prompt
+from janusflow.shapes.scorer import Detection, detect_objects, passes
+from janusflow.shapes.world import CATEGORIES
 
 
 def predicted_data(trajectory: torch.Tensor, velocities: torch.Tensor, ts: list[float]) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Binding in generation: does a model read *which* colour or place goes with which shape?
 
-    python -m janusflow.shapes.recipe.binding [--model DIR] [--scenes 64] [--prompts 50] [--seed 1]
+    python -m experiments.binding [--model DIR] [--scenes 64] [--prompts 50] [--seed 1]
 
 Position ("a circle above a square") and colour-attribution ("a red circle and a blue square")
 prompts share their words with a swapped twin ("a square above a circle", "a blue circle and a red
@@ -27,11 +27,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..prompts import BINDING_SWAPS, PromptSpec, parse_prompt, sample_prompt, swapped_prompt
-from ..render import render_array
-from ..sampler import scene_for_prompt
-from ..scorer import detect_objects, passes
-from ..world import Placed
+from janusflow.shapes.prompts import BINDING_SWAPS, PromptSpec, parse_prompt, sample_prompt, swapped_prompt
+from janusflow.shapes.render import render_array
+from janusflow.shapes.sampler import scene_for_prompt
+from janusflow.shapes.scorer import detect_objects, passes
+from janusflow.shapes.world import Placed
 
 TIMES = (0.1, 0.2, 0.3, 0.5, 0.7)
 KINDS = ("pass", "swapped", "missing", "other")
@@ -55,11 +55,11 @@ def failure_kind(prompt: PromptSpec, objects: Sequence[Placed]) -> str:
 def swap_gaps(pipe, scenes: int = 64, times: Sequence[float] = TIMES, seed: int = 1) -> dict[str, dict[float, dict]]:
     """tag -> t -> {"error", "twin_error", "gap", "wins"} over ``scenes`` scenes drawn for random
     prompts of the tag (only what the prompt names, so the twin is false of every image)."""
-    from ...flow import interpolate
-    from ...sampler import VelocityField
-    from ...train.latents import VAELatentEncoder
-    from ...train.losses import flow_errors
-    from .data import to_pixels
+    from janusflow.flow import interpolate
+    from janusflow.sampler import VelocityField
+    from janusflow.train.latents import VAELatentEncoder
+    from janusflow.train.losses import flow_errors
+    from janusflow.shapes.recipe.data import to_pixels
 
     model, processor = pipe.model, pipe.processor
     gen = model.config.gen_vision
@@ -89,7 +89,7 @@ def swap_gaps(pipe, scenes: int = 64, times: Sequence[float] = TIMES, seed: int 
 def sampled_failures(pipe, prompts: int = 50, images: int = 4, seed: int = 0) -> dict[str, Counter]:
     """tag -> Counter of :func:`failure_kind` over images generated for the evaluation's first
     ``prompts`` prompts of the tag (default sampler settings, noise seeded per prompt)."""
-    from ..evaluate import geneval_metadata
+    from janusflow.shapes.evaluate import geneval_metadata
 
     result: dict[str, Counter] = {}
     for tag in BINDING_SWAPS:
@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.scenes < 1 or args.prompts < 0:
         parser.error("--scenes must be >= 1 and --prompts >= 0")
-    from ...errors import JanusFlowError
-    from ...pipeline import DEFAULT_MODEL_DIR, JanusFlowPipeline
+    from janusflow.errors import JanusFlowError
+    from janusflow.pipeline import DEFAULT_MODEL_DIR, JanusFlowPipeline
 
     torch.set_num_threads(args.threads)
     try:

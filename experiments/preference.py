@@ -1,6 +1,6 @@
 """Online flow-DPO: the model's own samples, judged by the exact scorer, as preference pairs.
 
-    python -m janusflow.shapes.recipe.preference OUT [--model DIR] [--rounds 4] [--images 8]
+    python -m experiments.preference OUT [--model DIR] [--rounds 4] [--images 8]
         [--steps 150] [--beta 1000] [--lr 2e-5] [--t-max 0.5] [--device cuda]
 
 Flow-GRPO (Liu et al., 2025) trains a flow model against GenEval's rule-based checker; the shapes
@@ -39,14 +39,14 @@ from typing import Callable, Sequence
 
 import torch
 
-from ...errors import ConfigError
-from ...flow import TIME_SCALE, guided_velocity, interpolate, sample_time
-from ...prompt_rows import generation_mask, position_ids_from_left_padding
-from ...train.losses import flow_dpo_loss, flow_errors
-from ..prompts import PromptSpec, all_prompts
-from ..scorer import score_image
-from ..world import CATEGORIES
-from .soup import write_merged
+from janusflow.errors import ConfigError
+from janusflow.flow import TIME_SCALE, guided_velocity, interpolate, sample_time
+from janusflow.prompt_rows import generation_mask, position_ids_from_left_padding
+from janusflow.train.losses import flow_dpo_loss, flow_errors
+from janusflow.shapes.prompts import PromptSpec, all_prompts
+from janusflow.shapes.scorer import score_image
+from janusflow.shapes.world import CATEGORIES
+from janusflow.shapes.recipe.soup import write_merged
 
 DEFAULT_PROMPTS = {"counting": 9, "position": 24, "two_object": 6, "color_attr": 40, "colors": 12, "single_object": 3}
 Judge = Callable[[PromptSpec, object], bool]  # (prompt, PIL image) -> passes
@@ -110,7 +110,7 @@ class Collected:
 def collect(pipe, specs: list[PromptSpec], images_per_prompt: int, pairs_per_prompt: int, seed: int,
             rng: random.Random, judge: Judge = score_image, batch_size: int = 64) -> Collected:
     """Sample, judge and pair (see the module docstring); ``pipe`` is a JanusFlowPipeline with a VAE."""
-    from ...vae import decode, to_pil
+    from janusflow.vae import decode, to_pil
 
     k = images_per_prompt
     with torch.no_grad():
@@ -196,7 +196,7 @@ def round_dir(out: Path, r: int) -> Path:
 def run(model_dir: str | os.PathLike, out: str | os.PathLike, cfg: PreferenceConfig, device: str | None = None,
         judge: Judge = score_image, log: Callable[[str], None] = print) -> list[dict]:
     """Every round not yet finished under ``out``; returns every round's record."""
-    from ...pipeline import JanusFlowPipeline, resolve_device
+    from janusflow.pipeline import JanusFlowPipeline, resolve_device
 
     cfg.validate()
     start, out = Path(os.fspath(model_dir)), Path(os.fspath(out))
@@ -212,7 +212,7 @@ def run(model_dir: str | os.PathLike, out: str | os.PathLike, cfg: PreferenceCon
     pipe.set_progress_bar_config(disable=True)
     dpo = FlowDPO(pipe.model, pipe.processor, cfg.beta, cfg.t_max, cfg.guidance)  # the reference: the start model
     if first:  # resume: the policy of the last finished round
-        from ...checkpoint import read_safetensors
+        from janusflow.checkpoint import read_safetensors
 
         pipe.model.load_state_dict(read_safetensors([round_dir(out, first - 1) / "model.safetensors"]))
     out.mkdir(parents=True, exist_ok=True)
@@ -249,7 +249,7 @@ def run(model_dir: str | os.PathLike, out: str | os.PathLike, cfg: PreferenceCon
 
 
 def main(argv: list[str] | None = None) -> None:
-    from ...pipeline import default_model_dir
+    from janusflow.pipeline import default_model_dir
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", help="run folder: OUT/round-000/, round-001/, ...")

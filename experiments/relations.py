@@ -1,6 +1,6 @@
 """Relation answers by direction: does a model read left/right and above/below alike?
 
-    python -m janusflow.shapes.recipe.relations [--model DIR] [--questions 800] [--seed 1]
+    python -m experiments.relations [--model DIR] [--questions 800] [--seed 1]
 
 `janusflow eval shapes` scores the ``relation`` form as a whole, over scenes of one to four objects.
 This probe asks about fresh scenes of exactly two objects of different looks, the four relations in
@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from ..questions import relation_question
-from ..render import render
-from ..sampler import sample_scene
-from ..world import RELATION_OFFSET, RELATIONS, relation_offset
+from janusflow.shapes.questions import relation_question
+from janusflow.shapes.render import render
+from janusflow.shapes.sampler import sample_scene
+from janusflow.shapes.world import RELATION_OFFSET, RELATIONS, relation_offset
 
 Ask = Callable[[list[tuple[list[Image.Image], str]]], list[str]]  # a batch of (images, question) -> answers
 
@@ -84,9 +84,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--questions must be >= 1")
     import torch
 
-    from ...errors import JanusFlowError
-    from ...pipeline import DEFAULT_MODEL_DIR
-    from ...understanding import JanusFlowChat
+    from janusflow.errors import JanusFlowError
+    from janusflow.pipeline import DEFAULT_MODEL_DIR
+    from janusflow.understanding import JanusFlowChat
 
     torch.set_num_threads(args.threads)
     try:
