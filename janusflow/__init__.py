@@ -7,6 +7,22 @@ the release's without ``trust_remote_code``.
 
 __version__ = "0.1.0"
 
+import logging as _logging  # noqa: E402
+
+
+class _KnownNoise(_logging.Filter):
+    """transformers imports torchao whenever it is installed (our ``[quantize]`` extra); on a CPU build of
+    torch, torchao warns that its CUDA-only kernels (mxfp8, cutlass) do not load, and torch that torchao
+    registers enums it no longer needs to. Neither is actionable; both would open every command's output."""
+
+    def filter(self, record: _logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return not (message.startswith("Failed to load") or "is an Enum subclass and is now natively" in message)
+
+
+for _name in ("torchao", "torch.utils._pytree"):
+    _logging.getLogger(_name).addFilter(_KnownNoise())
+
 from .auto import register as _register  # noqa: E402
 from .config import JanusFlowConfig  # noqa: E402
 from .image_processing import JanusFlowImageProcessor  # noqa: E402
