@@ -89,7 +89,8 @@ def test_answer_lines(chat, question_file, tmp_path):
     assert [a["question_id"] for a in answers] == ["q1", 7, "q3", "q4"]
     assert [a["prompt"] for a in answers] == [q["text"] for q in questions]
     assert all(a["model_id"] == "tiny" for a in answers) and len({a["answer_id"] for a in answers}) == 4
-    assert answers[0]["metadata"] == {"max_new_tokens": 5, "temperature": 0.0, "top_p": 1.0, "seed": 3,
+    assert answers[0]["metadata"] == {"max_new_tokens": 5, "temperature": 0.0, "top_p": 1.0, "top_k": 0,
+                                      "repetition_penalty": 1.0, "num_beams": 1, "seed": 3,
                                       "num_chunks": 1, "chunk_idx": 0}
     expected = chat.ask([images / "red.png"], "Is it round?\nAnswer with one word.", max_new_tokens=5)
     assert answers[2]["text"] == expected

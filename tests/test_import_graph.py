@@ -14,12 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "janusflow"
 
 # Cycles that other branches are removing; each entry is the one edge that closes its cycle. Delete an
 # entry when its fix is merged (the test passes either way once the edge is gone).
-KNOWN_EDGES = {
-    ("janusflow.modeling", "janusflow.checkpoint"): "modeling <-> checkpoint (the transformers-model branch)",
-    ("janusflow.serve.ui", "janusflow.serve.app"): "serve app <-> ui (the server branch)",
-    ("janusflow.shapes.recipe.run", "janusflow.shapes.recipe.unified"): "recipe run <-> unified (the recipe branch)",
-    ("janusflow.shapes.recipe.assemble", "janusflow.shapes.recipe.unified"): "recipe assemble <-> unified",
-}
+KNOWN_EDGES: dict = {}
 CORE = ("janusflow.pipeline", "janusflow.understanding", "janusflow.image_generation_config")
 
 

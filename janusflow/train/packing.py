@@ -33,6 +33,7 @@ import torch
 from ..errors import InputError
 from ..prompt_rows import generation_mask, make_uncond, position_ids_from_left_padding
 from .collate import IGNORE, GenItem
+from .samples import placeholder_sample
 
 LOOKAHEAD = 8  # samples that may wait for the next step; when that many wait, the step is full
 TASK_CODE = {"und": 0, "text": 1, "gen": 2}  # PackedBatch.segment_task; -1: padding
@@ -279,7 +280,6 @@ def packed_micro_batches(task, plan: StepPlan, shard) -> list:
     lacking a task that the step holds gets a placeholder row of it, so every process runs the same
     modules."""
     from .collate import JanusFlowBatch
-    from .task import placeholder_sample
 
     processor, N = task.processor, task.model.config.num_image_tokens
     in_step = {item[0] for row in plan.rows for item in row}

@@ -132,3 +132,14 @@ def check_sample(task: str, sample: Any) -> Sample:
     if not isinstance(sample, SAMPLE_TYPES[task]):
         raise InputError(f"a {task!r} source yielded {type(sample).__name__}, expected {SAMPLE_TYPES[task].__name__}")
     return sample
+
+
+def placeholder_sample(task: str):
+    """A row that runs the forward pass and adds nothing (its labels are ignored, its weight is 0)."""
+    from PIL import Image
+
+    image = Image.new("RGB", (8, 8), (127, 127, 127))
+    if task == "und":
+        return ConversationSample([{"role": "User", "content": IMAGE_TOKEN}, {"role": "Assistant", "content": "x"}],
+                                  [image])
+    return TextSample("x") if task == "text" else CaptionSample("x", image)

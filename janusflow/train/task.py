@@ -19,7 +19,6 @@ from ..config import JanusFlowConfig
 from ..errors import ConfigError, InputError
 from ..modeling import JanusFlowModel
 from ..processor import JanusFlowProcessor
-from ..tokenizer_build import IMAGE_TOKEN
 from . import lora as lora_utils
 from .collate import (IGNORE, CollateConfig, GenItem, JanusFlowBatch, ce_batch, conversation_ids, encode_conversation,
                       encode_text, gen_batch, generation_prompt_ids, prompt_dropped, to_model_inputs, und_batch)
@@ -28,7 +27,7 @@ from .mixture import MixSchedule
 from .objective import JanusFlowObjective, negative_rows
 from .packed_attention import resolve_attention, use_flex_attention
 from .packing import Packer, packed_counts, packed_micro_batches
-from .samples import TASKS, CaptionSample, ConversationSample, TextSample
+from .samples import TASKS, CaptionSample, ConversationSample, TextSample, placeholder_sample
 from .sources import Epochs, open_source, sample_generator
 from .trainer import Shard
 
@@ -74,17 +73,6 @@ def build_latent_encoder(config: TrainConfig, model: JanusFlowModel):
         raise ConfigError(f"the VAE makes {encoder.latent_channels}-channel latents, the model takes "
                           f"{gen.latent_channels}")
     return encoder
-
-
-def placeholder_sample(task: str):
-    """A row that runs the forward pass and adds nothing (its labels are ignored, its weight is 0)."""
-    from PIL import Image
-
-    image = Image.new("RGB", (8, 8), (127, 127, 127))
-    if task == "und":
-        return ConversationSample([{"role": "User", "content": IMAGE_TOKEN}, {"role": "Assistant", "content": "x"}],
-                                  [image])
-    return TextSample("x") if task == "text" else CaptionSample("x", image)
 
 
 class JanusFlowTask:

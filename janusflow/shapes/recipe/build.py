@@ -178,7 +178,7 @@ def run_stage(out: Path, config: RecipeConfig, name: str, runtime: Runtime, dead
 def evaluate(out: Path, config: RecipeConfig, runtime: Runtime) -> dict[str, Any]:
     """``janusflow eval shapes`` of the assembled model, once per ``evaluation.candidates`` entry; the
     model's default is kept as ``eval_shapes.json``, the others as ``eval_shapes_best_of_N.json``."""
-    from ..cli import evaluate_shapes
+    from ..eval_run import evaluate_shapes
     from .assemble import GENERATION, RESULTS
 
     e, record = config.evaluation, {}

@@ -193,7 +193,7 @@ def carry_repa_head(task, previous_stage_dir: Path) -> bool:
 
 def quick_eval(export: Path, settings: TrainingSettings, seed: int = EVAL_SEED) -> dict[str, float]:
     """The fast evaluation of a segment, through the same files and functions as `janusflow eval shapes`."""
-    from ..cli import evaluate_shapes
+    from ..eval_run import evaluate_shapes
 
     with tempfile.TemporaryDirectory(prefix="janusflow-eval-") as out:
         results = evaluate_shapes(export, out, settings.eval_prompts, settings.eval_images, settings.eval_questions,
