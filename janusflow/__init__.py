@@ -13,14 +13,16 @@ import logging as _logging  # noqa: E402
 class _KnownNoise(_logging.Filter):
     """transformers imports torchao whenever it is installed (our ``[quantize]`` extra); on a CPU build of
     torch, torchao warns that its CUDA-only kernels (mxfp8, cutlass) do not load, and torch that torchao
-    registers enums it no longer needs to. Neither is actionable; both would open every command's output."""
+    registers enums it no longer needs to, and diffusers that torchao's tensor types for its own
+    quantized checkpoints do not import. None is actionable; each would open every command's output."""
 
     def filter(self, record: _logging.LogRecord) -> bool:
         message = str(record.msg)
-        return not (message.startswith("Failed to load") or "is an Enum subclass and is now natively" in message)
+        return not (message.startswith(("Failed to load", "Unable to import `torchao` Tensor objects"))
+                    or "is an Enum subclass and is now natively" in message)
 
 
-for _name in ("torchao", "torch.utils._pytree"):
+for _name in ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer"):
     _logging.getLogger(_name).addFilter(_KnownNoise())
 
 from .auto import register as _register  # noqa: E402

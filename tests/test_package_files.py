@@ -36,7 +36,8 @@ def test_the_default_model_folder_holds_the_model_and_its_records_only():
     assert not (model / "parts").exists()  # the recipe's parts live in its run folder
     top = {p.name for p in model.iterdir()}
     needed = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-              "processor_config.json", "image_generation_config.json", "vae"}
+              "processor_config.json", "preprocessor_config.json", "chat_template.jinja", "image_generation_config.json",
+              "vae"}
     assert needed <= top
     assert all(name in needed or (name.startswith("eval_shapes") or name == "recipe.json") for name in top), top
     size = sum(p.stat().st_size for p in model.rglob("*") if p.is_file())

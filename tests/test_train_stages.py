@@ -164,9 +164,13 @@ def test_generation_prompts_and_their_dropout_follow_the_stage_format(toy, tmp_p
 
 def test_the_shapes_recipe_keeps_the_format_and_mix_its_model_was_trained_with(tmp_path):
     from janusflow.shapes.recipe import unified
+    from janusflow.shapes.recipe.config import REPO_CONFIGS, load_recipe
 
-    settings = unified.PRESETS["tiny"]
-    for stage in unified.STAGE_ORDER:
-        config = unified.train_config(stage, getattr(settings, stage), settings, Path("/nonexistent"),
-                                      tmp_path / stage, 0)
+    recipe = load_recipe(REPO_CONFIGS / "shapes.yaml")
+    stages = [name for name, spec in recipe.stages.items() if spec.kind == "janusflow"]
+    assert {recipe.stages[name].phase for name in stages} == {"adaptation", "pretrain", "sft"}
+    for name in stages:
+        spec = recipe.stages[name]
+        config = unified.train_config(spec.phase, spec, recipe.stage_training(name), Path("/nonexistent"),
+                                      tmp_path / name, 0)
         assert config.stage.prompt_format == "chat" and config.stage.phases == [] and not config.data.packing

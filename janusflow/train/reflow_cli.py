@@ -53,7 +53,7 @@ def reflow_pairs(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
     captions = read_captions(args.prompts)
-    model, processor = load_model_and_processor(model_dir(args), args.device, torch_dtype(args), args.quantize)
+    model, processor = load_model_and_processor(model_dir(args), args.device, torch_dtype(args), quantize=args.quantize)
 
     def progress(done: int, total: int) -> None:
         print(f"\rpairs {done}/{total}", end="", file=sys.stderr, flush=True)
