@@ -39,9 +39,14 @@ CONFIGS = [
     ("heun-2", "heun", 2, None),
     ("heun-3", "heun", 3, None),
     ("midpoint-2", "midpoint", 2, None),
+    ("midpoint-4", "midpoint", 4, None),
+    ("heun-6", "heun", 6, None),
     ("euler-4, interval 0-0.5", "euler", 4, (0.0, 0.5)),
     ("heun-3, interval 0-0.5", "heun", 3, (0.0, 0.5)),
     ("midpoint-2, interval 0-0.5", "midpoint", 2, (0.0, 0.5)),
+    ("midpoint-3, interval 0-0.3", "midpoint", 3, (0.0, 0.3)),
+    ("euler-5, interval 0-0.4", "euler", 5, (0.0, 0.4)),
+    ("euler-6, interval 0-0.2", "euler", 6, (0.0, 0.2)),
 ]
 
 
