@@ -57,8 +57,8 @@ def load_ablation(path: str | os.PathLike) -> tuple[AblationConfig, Path]:
     """The ablation of ``path`` (``base:`` chains allowed) and the recipe file it names."""
     path = Path(os.fspath(path)).resolve()
     ablation = build(AblationConfig, read_yaml(path), "ablation")
-    if len(ablation.arms) < 2:
-        raise ConfigError("ablation.arms: two or more arms to compare")
+    if not ablation.arms:
+        raise ConfigError("ablation.arms: no arm (an arm is a name and its recipe changes)")
     if not ablation.seeds or not ablation.metrics:
         raise ConfigError("ablation: seeds and metrics must not be empty")
     return ablation, path.parent / ablation.recipe
