@@ -54,7 +54,6 @@ def _panel(draw, font, origin, size, metric, by_arm, colour) -> None:
         return left + (right - left) * x / x_max, bottom - (bottom - top) * min(max(y, 0.0), 1.0)
 
     draw.text((left, oy + 5), metric, fill="black", font=font)
-    draw.rectangle([left, top, right, bottom], outline="black")
     for k in range(6):  # y grid at 0, 0.2, ... 1
         y = k / 5
         _, py = at(0, y)
@@ -64,7 +63,8 @@ def _panel(draw, font, origin, size, metric, by_arm, colour) -> None:
         x = x_max * k / 4
         px, _ = at(x, 0)
         draw.line([(px, bottom), (px, bottom + 4)], fill="black")
-        draw.text((px - 10, bottom + 6), f"{x:g}", fill="black", font=font)
+        draw.text((px - 10, bottom + 6), f"{x:.0f}" if x_max >= 8 else f"{x:g}", fill="black", font=font)
+    draw.rectangle([left, top, right, bottom], outline="black")
     draw.text(((left + right) // 2 - 10, bottom + 17), "step", fill="black", font=font)
     for arm, curves in by_arm.items():
         faint = tuple(int(c + (255 - c) * 0.6) for c in colour[arm])
