@@ -239,13 +239,12 @@ def collect(config_path: str | os.PathLike, out: str | os.PathLike) -> dict[str,
                     if value is not None:
                         entry.setdefault("train_late", {}).setdefault(m, []).append(value)
         for m in ablation.metrics:
-            found = [c[m] for c in entry["seeds"].values() if c[m]]
-            panels[m][arm] = found
-            finished = [c[-1][1] for c in found if c[-1][0] >= (entry["steps"] or 0)]
+            found = [c[m] for c in entry["seeds"].values() if c[m] and c[m][-1][0] >= (entry["steps"] or 0)]
+            panels[m][arm] = found  # finished runs only: a run still in training would bend the mean
+            finished = [c[-1][1] for c in found]
             if finished:
                 entry["final"][m] = [*_mean_sd(finished), len(finished)]
-                entry["curve_mean"][m] = [*_mean_sd([sum(y for _, y in c) / len(c) for c in found
-                                                     if c[-1][0] >= entry["steps"]]), len(finished)]
+                entry["curve_mean"][m] = [*_mean_sd([sum(y for _, y in c) / len(c) for c in found]), len(finished)]
         entry["train_late"] = {m: [*_mean_sd(v), len(v)] for m, v in entry.get("train_late", {}).items()}
         result["arms"][arm] = entry
     name = Path(config_path).stem
