@@ -131,7 +131,11 @@ def test_ablation_command_end_to_end(tmp_path, capsys):
         assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())
     export = json.loads((out / "shared/seed0/stages/unified/export/config.json").read_text())
     assert export["und_vision"]["encoder"] == "generation"
-    assert "| shared | 4 |" in (out / "toy.md").read_text()
+    paired = result["paired"]["shared"]  # shared - repa, seed by seed
+    rf = [c["train rf"] for c in (result["arms"]["repa"]["per_seed"]["seed0"], result["arms"]["shared"]["per_seed"]["seed0"])]
+    assert paired["train rf"] == [pytest.approx(rf[1] - rf[0]), 0.0, 1]
+    assert set(paired) >= {"gen_overall (last)", "und_overall (curve mean)", "train ce_und"}
+    assert "| shared | 4 |" in (out / "toy.md").read_text() and "Paired by seed: arm - repa" in (out / "toy.md").read_text()
     assert Image.open(out / "toy.png").size[0] > 0
     # resumable: a rerun finds every arm done and trains nothing
     before = (out / "repa/seed0/sessions.jsonl").read_text()

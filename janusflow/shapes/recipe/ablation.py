@@ -238,18 +238,25 @@ def collect(config_path: str | os.PathLike, out: str | os.PathLike) -> dict[str,
                     value = late_loss(run_dir, ablation.stage, m)
                     if value is not None:
                         entry.setdefault("train_late", {}).setdefault(m, []).append(value)
+                        entry.setdefault("per_seed", {}).setdefault(run_dir.name, {})[f"train {m}"] = value
         for m in ablation.metrics:
             found = [c[m] for c in entry["seeds"].values() if c[m] and c[m][-1][0] >= (entry["steps"] or 0)]
             panels[m][arm] = found  # finished runs only: a run still in training would bend the mean
             finished = [c[-1][1] for c in found]
+            for seed, c in entry["seeds"].items():
+                if c[m] and c[m][-1][0] >= (entry["steps"] or 0):
+                    row = entry.setdefault("per_seed", {}).setdefault(seed, {})
+                    row[f"{m} (last)"], row[f"{m} (curve mean)"] = c[m][-1][1], sum(y for _, y in c[m]) / len(c[m])
             if finished:
                 entry["final"][m] = [*_mean_sd(finished), len(finished)]
                 entry["curve_mean"][m] = [*_mean_sd([sum(y for _, y in c) / len(c) for c in found]), len(finished)]
         entry["train_late"] = {m: [*_mean_sd(v), len(v)] for m, v in entry.get("train_late", {}).items()}
         result["arms"][arm] = entry
+    result["paired"] = paired(result)
     name = Path(config_path).stem
     write_json(out / f"{name}.json", result)
-    (out / f"{name}.md").write_text(table(result, ablation.metrics, ablation.train_metrics), encoding="utf-8")
+    (out / f"{name}.md").write_text(table(result, ablation.metrics, ablation.train_metrics) + "\n"
+                                    + paired_table(result), encoding="utf-8")
     if any(curves for by_arm in panels.values() for curves in by_arm.values()):
         draw_curves(panels, out / f"{name}.png", title=f"{name}: {ablation.question}")
     return result
@@ -271,4 +278,32 @@ def table(result: dict[str, Any], metrics: list[str], train_metrics: list[str] =
             v = e.get("train_late", {}).get(m)
             cells.append(f"{v[0]:.4f} ± {v[1]:.4f} (n={v[2]})" if v else "-")
         lines.append(f"| {arm} | {e['steps'] or '-'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def paired(result: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
+    """Each arm against the first, seed by seed (at a seed every arm draws the same data and noise):
+    per measure the mean difference (arm - first), its standard error and the number of seeds."""
+    arms = list(result["arms"].values())
+    names = list(result["arms"])
+    out: dict[str, dict[str, list[float]]] = {}
+    base = arms[0].get("per_seed", {}) if arms else {}
+    for name, entry in zip(names[1:], arms[1:]):
+        diffs: dict[str, list[float]] = {}
+        for seed, row in entry.get("per_seed", {}).items():
+            for key, value in row.items():
+                if key in base.get(seed, {}):
+                    diffs.setdefault(key, []).append(value - base[seed][key])
+        out[name] = {k: [(m := _mean_sd(v))[0], m[1] / math.sqrt(len(v)), len(v)] for k, v in diffs.items()}
+    return out
+
+
+def paired_table(result: dict[str, Any]) -> str:
+    """Markdown: the paired differences against the first arm (mean +- standard error, seeds)."""
+    first = next(iter(result["arms"]), "-")
+    lines = [f"Paired by seed: arm - {first} (mean ± standard error, n seeds)", "",
+             "| arm | measure | difference |", "|---|---|---|"]
+    for arm, measures in result.get("paired", {}).items():
+        for key, (mean, se, n) in measures.items():
+            lines.append(f"| {arm} | {key} | {mean:+.4f} ± {se:.4f} (n={n}) |")
     return "\n".join(lines) + "\n"
