@@ -143,6 +143,12 @@ def test_ablation_command_end_to_end(tmp_path, capsys):
     assert main(args) == 0
     assert (out / "repa/seed0/sessions.jsonl").read_text() == before
     assert "| repa |" in capsys.readouterr().out
+    # a finished arm's folder holds its recipe: another one for the same arm is refused, not skipped
+    changed = config.read_text().replace("repa_weight: 0", "repa_weight: 0.5")
+    config.write_text(changed)
+    capsys.readouterr()
+    assert main(args) != 0
+    assert "was started with another recipe (training.repa_weight: 0.0 then, 0.5 now)" in capsys.readouterr().err
     # arms may not change the parts they share
     config.write_text(f"recipe: {SMOKE}\nstage: unified\nseeds: [0]\narms:\n  a: {{}}\n"
                       "  b: {stages: {vae: {steps: 3}}}\n")

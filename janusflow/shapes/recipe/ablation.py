@@ -34,7 +34,7 @@ from typing import Any
 
 from ...errors import ConfigError
 from ...train.config import build
-from .build import PART_FOLDERS, Session, done_record, run_recipe, stage_dir, stored_config
+from .build import PART_FOLDERS, Session, done_record, prepare, run_recipe, stage_dir, stored_config
 from .config import PART_KINDS, RecipeConfig, apply_overrides, from_data, merge, read_yaml
 from .run import log, read_json, write_json
 
@@ -112,8 +112,6 @@ def parts_from_model(model_dir: Path, parts_dir: Path) -> Path:
 def import_parts(source: Path, run_dir: Path, config: RecipeConfig, origin: str) -> None:
     """Mark ``run_dir``'s part stages done with the parts of ``source`` (a parts folder, or a run
     folder whose part stages are done: their records come along)."""
-    from .build import prepare
-
     prepare(run_dir, config)
     is_run = (source / "config.yaml").is_file()
     for name, spec in config.stages.items():
@@ -158,6 +156,7 @@ def run_ablation(config_path: str | os.PathLike, out: str | os.PathLike, seeds: 
                 raise ConfigError(f"arm {arm} changes the parts; the arms of an ablation share them")
         for arm, config in configs.items():
             run_dir = out / arm / f"seed{seed}"
+            prepare(run_dir, config)  # a folder run with another recipe is refused, naming the difference
             if done_record(run_dir, ablation.stage) is not None:
                 continue
             if shared is not None:
