@@ -101,6 +101,9 @@ class LanguageConfig:
         )
 
 
+UND_ENCODERS = ("siglip", "generation")  # UnderstandingVisionConfig.encoder
+
+
 @dataclass
 class UnderstandingVisionConfig:
     """SigLIP ViT reading images for understanding (transformers ``SiglipVisionModel``).
@@ -117,6 +120,11 @@ class UnderstandingVisionConfig:
     mlp_dim: int = 4096
     layer_norm_eps: float = 1e-6
     use_attention_pool: bool = True  # present in the release's weights, unused by JanusFlow
+    # what reads an image for understanding: "siglip" (this encoder and the understanding aligner, the
+    # paper's decoupled encoders) or "generation" (the VAE's clean latent, t = 1, through the generation
+    # encoder and its aligner: one shared encoder, the paper's Table 6 ablation). Written to config.json
+    # only when not "siglip".
+    encoder: str = "siglip"
 
     @property
     def grid(self) -> int:
@@ -133,6 +141,8 @@ class UnderstandingVisionConfig:
             raise ConfigError(f"{where}: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.width % self.num_heads:
             raise ConfigError(f"{where}: width {self.width} is not divisible by num_heads {self.num_heads}")
+        if self.encoder not in UND_ENCODERS:
+            raise ConfigError(f"{where}.encoder must be one of {UND_ENCODERS}, got {self.encoder!r}")
 
     def to_siglip(self):
         from transformers import SiglipVisionConfig
@@ -299,6 +309,9 @@ class JanusFlowConfig(PretrainedConfig):
         self.language.validate(f"{where}.language")
         self.und_vision.validate(f"{where}.und_vision")
         self.gen_vision.validate(f"{where}.gen_vision")
+        if self.und_vision.encoder == "generation" and self.num_image_tokens != self.num_und_image_tokens:
+            raise ConfigError(f"{where}.und_vision.encoder: generation (shared) needs the generation grid's "
+                              f"{self.num_image_tokens} tokens to fill the {self.num_und_image_tokens} image slots")
 
     def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None):
         """The LLM's ``LlamaConfig`` (what generation and KV caches are sized from), with this folder's
@@ -322,6 +335,8 @@ class JanusFlowConfig(PretrainedConfig):
         output = super().to_dict()
         for name in SECTIONS:
             output[name] = dataclasses.asdict(getattr(self, name))
+        if output["und_vision"]["encoder"] == "siglip":  # the default: folders read and write as before
+            del output["und_vision"]["encoder"]
         for key in TOKEN_ID_KEYS:  # unknown ids are left out (None would read as "no such token")
             if output.get(key) is None:
                 output.pop(key, None)

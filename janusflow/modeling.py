@@ -102,6 +102,10 @@ class JanusFlowForConditionalGeneration(JanusFlowPreTrainedModel, GenerationMixi
         self.gen_dec_aligner = nn.Linear(D, gen.decoder_in_channels)
         # the LLM
         self.language_model = LlamaForCausalLM(config.language.to_llama())
+        # und_vision.encoder "generation" (shared): the VAE reading images for understanding, an object
+        # with ``encode(pixels) -> scaled latents`` (janusflow.train.latents.VAELatentEncoder), kept out of
+        # the weights (it is the folder's vae/); from_pretrained and the training task set it
+        self.latent_encoder = None
         self.post_init()
 
     # ------------------------------------------------------------------------------------------
@@ -123,8 +127,22 @@ class JanusFlowForConditionalGeneration(JanusFlowPreTrainedModel, GenerationMixi
 
     # -- understanding -------------------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) in [-1, 1] -> aligned image tokens (B, P, D)."""
-        return self.und_aligner(self.und_encoder(pixel_values))
+        """(B, 3, S, S) in [-1, 1] -> aligned image tokens (B, P, D). Decoupled (the default): SigLIP
+        and the understanding aligner. Shared (``und_vision.encoder == "generation"``, Table 6's
+        ablation): the VAE's clean latent at t = 1 through the generation encoder and its aligner."""
+        if self.config.und_vision.encoder == "siglip":
+            return self.und_aligner(self.und_encoder(pixel_values))
+        if self.latent_encoder is None:
+            raise InputError("this model reads images with its generation encoder (und_vision.encoder: "
+                             "generation) and has no VAE: load it from a folder with vae/, or set latent_encoder")
+        z = self.latent_encoder.encode(pixel_values).to(pixel_values.dtype)  # (B, C, h, w), scaled
+        size = self.config.gen_vision.latent_size
+        if tuple(z.shape[-2:]) != (size, size):
+            raise InputError(f"the VAE makes {tuple(z.shape[-2:])} latents of the {pixel_values.shape[-1]} px "
+                             f"understanding images; the generation encoder takes {size} x {size}")
+        t = torch.full((z.shape[0],), 1000.0, dtype=z.dtype, device=z.device)  # t = 1: the clean image
+        tokens, _, _ = self.encode_latent(z, t)  # (B, N, D), N = P
+        return tokens
 
     def image_slots(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, T) bool, True at the boi and image-placeholder ids the config names (``images_seq_mask``)."""
@@ -334,6 +352,11 @@ class JanusFlowForConditionalGeneration(JanusFlowPreTrainedModel, GenerationMixi
         model = assign_state(model, state, _resolve_dtype(dtype, config, state, device), device, what=str(folder))
         if adapter_path is not None:  # AutoModel was given a peft adapter folder: its base, then the adapter
             model.load_adapter(os.fspath(adapter_path))
+        if config.und_vision.encoder == "generation" and (folder / "vae" / "config.json").is_file():
+            from .train.latents import VAELatentEncoder
+
+            model.latent_encoder = VAELatentEncoder.from_folder(folder / "vae", config.gen_vision.latent_size)
+            model.latent_encoder.to(device)
         if attn_implementation is not None:
             for part in (model.language_model, model.und_encoder.siglip):
                 part.set_attn_implementation(attn_implementation)

@@ -99,6 +99,10 @@ class JanusFlowTask:
         self.module = JanusFlowObjective(model, config.losses)
         self.model = model
         self.latent_encoder = latent_encoder if latent_encoder is not None else build_latent_encoder(config, model)
+        if model.config.und_vision.encoder == "generation":  # one shared encoder: understanding reads latents too
+            if self.latent_encoder is None:
+                raise ConfigError("und_vision.encoder: generation reads images through the VAE: set vae.path")
+            model.latent_encoder = self.latent_encoder
 
         stage = config.stage
         self.schedule = MixSchedule(stage.ratio, stage.batch_size, [(p.until_step, p.ratio) for p in stage.phases])

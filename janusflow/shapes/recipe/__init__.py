@@ -13,4 +13,6 @@
     streams    part 4's data, rendered on the fly
     soup       the weighted mean of fine-tunes' weights
     assemble   the shipped folder: fp16 weights, tokenizer, processor, vae/, sampling defaults
+    ablation   ``janusflow ablation shapes``: the paper's Table 6 ablations as arms of the recipe x seeds
+    curves     learning curves (score vs step) as a PNG, drawn with Pillow
 """

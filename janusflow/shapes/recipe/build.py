@@ -166,7 +166,8 @@ def run_stage(out: Path, config: RecipeConfig, name: str, runtime: Runtime, dead
     if spec.start == PARTS:
         start = sdir / "init"
         if not (start / "config.json").is_file():
-            unified.write_init(parts, start, config.model.gen_channels, config.model.gen_layers, seed)
+            unified.write_init(parts, start, config.model.gen_channels, config.model.gen_layers, seed,
+                               config.model.und_encoder)
     else:
         start = model_dir(out, spec.start)
         carry = stage_dir(out, spec.start) if spec.carry_repa else None

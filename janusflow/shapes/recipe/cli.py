@@ -95,3 +95,57 @@ def command_line(args: argparse.Namespace) -> str:
     for item in args.overrides:
         words += ["--set", item]
     return shlex.join(words)
+
+
+@command("ablation", "the paper's ablations (Table 6) on the shapes world: arms of the recipe x seeds, curves",
+         arg("suite", choices=("shapes",), help="the world: shapes"),
+         arg("--config", required=True, metavar="FILE",
+             help="the ablation (configs/ablations/*.yaml: repa, shared, tasks; *-cpu.yaml: the CPU scale)"),
+         arg("--out", required=True, metavar="DIR", help="DIR/ARM/seedS: one recipe run folder a run"),
+         arg("--seeds", default=None, metavar="S,S,...", help="the recipe seeds (default: the ablation's)"),
+         arg("--parts", default=None, metavar="DIR",
+             help="take the parts from DIR (a parts folder, or a model folder: its LLM, SigLIP, VAE and "
+                  "tokenizer) instead of building them; every arm starts from them"),
+         arg("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+             help="change every arm's recipe, e.g. stages.unified.steps=300 (repeat)"),
+         arg("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)"),
+         arg("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"),
+         arg("--data-workers", type=int, default=0, metavar="N", help="processes building the next batches"),
+         arg("--time-limit", type=float, default=None, metavar="SECONDS",
+             help="stop this session after this long (the run in training checkpoints first; rerun to continue)"))
+def ablation_main(args: argparse.Namespace) -> int:
+    import time
+
+    from .ablation import run_ablation
+    from .build import Session
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InputError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    except ValueError:
+        raise InputError(f"--seeds: comma-separated integers, got {args.seeds!r}") from None
+    if args.data_workers < 0 or (args.time_limit is not None and not args.time_limit > 0):
+        raise InputError("--data-workers must be >= 0 and --time-limit > 0")
+    words = ["janusflow", "ablation", args.suite, "--config", args.config, "--out", args.out]
+    for flag, value in (("--seeds", args.seeds), ("--parts", args.parts), ("--device", args.device),
+                        ("--threads", args.threads), ("--time-limit", args.time_limit)):
+        if value is not None:
+            words += [flag, str(value)]
+    for item in args.overrides:
+        words += ["--set", item]
+    deadline = time.monotonic() + args.time_limit if args.time_limit else None
+    session = Session(device=args.device, data_workers=args.data_workers, time_limit=args.time_limit,
+                      command=shlex.join(words))
+    result = run_ablation(args.config, args.out, seeds, args.overrides, args.parts, session, deadline)
+    from .ablation import table
+
+    print(f"ablation: {result['question']}".rstrip(": "))
+    print(table(result, result["metrics"], result["train_metrics"]), end="")
+    name = Path(args.config).stem
+    print(", ".join(str(Path(args.out) / f"{name}.{ext}") for ext in ("json", "md", "png")))
+    return 0

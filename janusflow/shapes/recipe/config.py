@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from ...config import UND_ENCODERS
 from ...errors import ConfigError
 from ...train.config import build
 from .unified import TrainingSettings
@@ -76,6 +77,9 @@ class ModelSizes:
     vocab_size: int = 512  # asked of the tokenizer; it stops when no merge is seen twice (470 on the world)
     gen_channels: int = 128  # generation encoder width (= decoder input width)
     gen_layers: int = 2  # ConvNeXt blocks in the generation encoder and in the decoder
+    # what reads images for understanding: "siglip" (decoupled, the paper's) or "generation" (one shared
+    # encoder: the VAE + the generation encoder, configs/ablations/shared.yaml); recorded only when not siglip
+    und_encoder: str = "siglip"
 
 
 @dataclass
@@ -141,6 +145,8 @@ class RecipeConfig:
     def validate(self) -> None:
         if self.model.parts not in ("default", "tiny"):
             raise ConfigError(f"model.parts must be default or tiny, got {self.model.parts!r}")
+        if self.model.und_encoder not in UND_ENCODERS:
+            raise ConfigError(f"model.und_encoder must be one of {UND_ENCODERS}, got {self.model.und_encoder!r}")
         if not self.stages:
             raise ConfigError("stages: the recipe lists no stage")
         seen: list[str] = []
@@ -269,4 +275,7 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> RecipeCon
 
 
 def to_data(config: RecipeConfig) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+    data = dataclasses.asdict(config)
+    if data["model"]["und_encoder"] == "siglip":  # the default: run folders started before read the same
+        del data["model"]["und_encoder"]
+    return data

@@ -92,12 +92,16 @@ class TrainingSettings:
 # -- the model --------------------------------------------------------------------------------------
 
 
-def model_config(parts_dir: Path, gen_channels: int, gen_layers: int) -> JanusFlowConfig:
-    und = und_vision_config(parts_dir / "und_encoder")
-    return config_from_parts(parts_dir, gen_vision_for(und, parts_dir / "vae", gen_channels, gen_layers))
+def model_config(parts_dir: Path, gen_channels: int, gen_layers: int, und_encoder: str = "siglip") -> JanusFlowConfig:
+    """``und_encoder``: what reads images for understanding (``UnderstandingVisionConfig.encoder``)."""
+    und = dataclasses.replace(und_vision_config(parts_dir / "und_encoder"), encoder=und_encoder)
+    config = config_from_parts(parts_dir, gen_vision_for(und, parts_dir / "vae", gen_channels, gen_layers))
+    config.und_vision = und
+    config.validate()
+    return config
 
 
-def init_from_parts(parts_dir: Path, gen_channels: int, gen_layers: int, seed: int = 0):
+def init_from_parts(parts_dir: Path, gen_channels: int, gen_layers: int, seed: int = 0, und_encoder: str = "siglip"):
     """(model, processor): a fresh JanusFlowModel with the LLM and SigLIP weights of the parts copied
     in (fp32); the aligners, boi embedding and generation encoder/decoder are newly initialised."""
     from transformers import AutoTokenizer
@@ -105,7 +109,7 @@ def init_from_parts(parts_dir: Path, gen_channels: int, gen_layers: int, seed: i
     from ...modeling import JanusFlowModel
     from ...processor import JanusFlowProcessor
 
-    config = model_config(parts_dir, gen_channels, gen_layers)
+    config = model_config(parts_dir, gen_channels, gen_layers, und_encoder)
     torch.manual_seed(seed)
     model = load_parts(JanusFlowModel(config), parts_dir)
     tokenizer = AutoTokenizer.from_pretrained(parts_dir / "tokenizer")
@@ -118,11 +122,12 @@ def init_from_parts(parts_dir: Path, gen_channels: int, gen_layers: int, seed: i
     return model.float(), processor
 
 
-def write_init(parts_dir: Path, folder: Path, gen_channels: int, gen_layers: int, seed: int = 0) -> Path:
+def write_init(parts_dir: Path, folder: Path, gen_channels: int, gen_layers: int, seed: int = 0,
+               und_encoder: str = "siglip") -> Path:
     """``folder``: the parts put together as a model folder (config, weights, tokenizer, processor, vae/)."""
     from diffusers import AutoencoderKL
 
-    model, processor = init_from_parts(parts_dir, gen_channels, gen_layers, seed)
+    model, processor = init_from_parts(parts_dir, gen_channels, gen_layers, seed, und_encoder)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
