@@ -12,16 +12,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
-import subprocess
 import tempfile
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from serve_helpers import live_server
 
 pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -39,12 +37,6 @@ KEY = "browser-key"
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="no chromium (apt-get install chromium)")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     from janusflow.serve.tiny_model import build_tiny_model_folder
@@ -54,37 +46,10 @@ def model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(model_dir, tmp_path_factory):
-    port = free_port()
     log = tmp_path_factory.mktemp("log") / "serve.log"
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
-           "GRADIO_TEMP_DIR": str(tmp_path_factory.mktemp("gradio"))}
-    with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "janusflow", "serve", "--model", str(model_dir),
-                                    "--port", str(port), "--api-key", KEY], stdout=out, stderr=subprocess.STDOUT,
-                                   env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"janusflow serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"janusflow serve did not answer within 90 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.3)
+    with live_server(["--model", str(model_dir), "--api-key", KEY], log,
+                     env={"GRADIO_TEMP_DIR": str(tmp_path_factory.mktemp("gradio"))}, timeout_s=90) as url:
         yield url, log
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module")

@@ -48,12 +48,17 @@ def run_from_args(args: argparse.Namespace) -> int:
 def _train(config_path: str, overrides: list[str]) -> int:
     from .config import load_config
     from .task import JanusFlowTask
-    from .trainer import Trainer
-
-    from .distributed import teardown
 
     config = load_config(config_path, overrides)
-    task = JanusFlowTask(config)
+    return fit(JanusFlowTask(config), config)
+
+
+def fit(task, config) -> int:
+    """Train ``task`` under ``config``'s trainer settings (resuming from its checkpoints); says where an
+    interrupted run stopped. Returns the exit code."""
+    from .distributed import teardown
+    from .trainer import Trainer
+
     try:
         result = Trainer(task, config.trainer_config(), resolved_config=config.to_dict()).fit()
     finally:

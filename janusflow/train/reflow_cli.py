@@ -69,18 +69,10 @@ def reflow_pairs(args: argparse.Namespace) -> int:
          arg("config", help="YAML config (as for janusflow train; e.g. configs/reflow.yaml)"),
          arg("overrides", nargs="*", help="key=value overrides, e.g. stage.steps=200 losses.repa_weight=0"))
 def reflow_train(args: argparse.Namespace) -> int:
+    from .__main__ import fit
     from .config import load_config
-    from .distributed import teardown
     from .reflow import ReflowTask, read_pairs
-    from .trainer import Trainer
 
     pairs = read_pairs(args.pairs)  # before building the model
     config = load_config(args.config, args.overrides)
-    task = ReflowTask(config, pairs)
-    try:
-        result = Trainer(task, config.trainer_config(), resolved_config=config.to_dict()).fit()
-    finally:
-        teardown()
-    if result["stopped"]:
-        print(f"interrupted at step {result['step']}; checkpoint {result['checkpoint']}", file=sys.stderr)
-    return 0
+    return fit(ReflowTask(config, pairs), config)
