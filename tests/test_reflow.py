@@ -16,8 +16,8 @@ from janusflow.sampler import SamplerConfig, sample_latents
 from janusflow.train import Shard, Trainer
 from janusflow.train.config import load_config
 from janusflow.train.losses import flow_errors
-from janusflow.train.reflow import (Pairs, ReflowTask, generate_pairs, path_straightness, read_pairs,
-                                    write_pairs)
+from janusflow.train.reflow import (Pairs, ReflowTask, concat_pairs, generate_pairs, judge_pairs, keep_judged,
+                                    path_straightness, read_pair_files, read_pairs, write_pairs)
 from janusflow.train.toydata import toy_overrides, write_toy_data
 
 CAPTIONS = ["a red circle", "a blue square", "two green circles", "a yellow square above a red circle",
@@ -155,3 +155,98 @@ def test_reflow_pairs_command(capsys, tmp_path):
     assert main(["reflow-pairs", "--model", str(folder), "--prompts", str(tmp_path / "none.txt"), "--out",
                  str(tmp_path / "x.safetensors")]) == 1
     assert "no prompts file" in capsys.readouterr().err
+
+
+def test_pair_files_join_in_name_order_and_refuse_mixed_shapes(drawn, tmp_path):
+    _, _, pairs = drawn
+    halves = [Pairs(pairs.captions[:2], pairs.x0[:2], pairs.x1[:2], pairs.sampler),
+              Pairs(pairs.captions[2:], pairs.x0[2:], pairs.x1[2:], {**pairs.sampler, "seed": 99})]
+    write_pairs(tmp_path / "shards" / "part-1.safetensors", halves[1])  # written first, read second
+    write_pairs(tmp_path / "shards" / "part-0.safetensors", halves[0])
+    for spec in (tmp_path / "shards", str(tmp_path / "shards" / "part-*.safetensors"),
+                 [tmp_path / "shards" / "part-0.safetensors", tmp_path / "shards" / "part-1.safetensors"]):
+        joined = read_pair_files(spec)
+        assert joined.captions == CAPTIONS and torch.equal(joined.x0, pairs.x0) and torch.equal(joined.x1, pairs.x1)
+        assert joined.sampler == {"parts": [pairs.sampler, {**pairs.sampler, "seed": 99}]}
+    assert concat_pairs([pairs]).sampler == pairs.sampler
+    small = Pairs(CAPTIONS[:1], pairs.x0[:1, :, :4, :4], pairs.x1[:1, :, :4, :4], {})
+    with pytest.raises(InputError, match="different latent shapes"):
+        concat_pairs([pairs, small])
+    with pytest.raises(InputError, match="no reflow pair file at"):
+        read_pair_files(tmp_path / "empty-*.safetensors")
+
+
+class RedJudge:
+    """Accepts the images of captions naming red; records what it was shown."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, prompt, images):
+        self.calls.append((prompt, [image.size for image in images]))
+        return [1.0 if "red" in prompt else 0.5] * len(images)
+
+
+def test_judged_pairs_keep_the_images_the_judge_accepts(drawn):
+    from janusflow.train.latents import tiny_vae
+
+    _, _, pairs = drawn
+    vae = tiny_vae(4, seed=0)
+    judge = RedJudge()
+    scores = judge_pairs(pairs, judge, vae, batch_size=1)
+    assert scores.tolist() == [1.0 if "red" in c else 0.5 for c in CAPTIONS]
+    assert [p for p, _ in judge.calls] == CAPTIONS and all(sizes == [(16, 16)] for _, sizes in judge.calls)
+    kept = keep_judged(pairs, scores, 1.0, "red")
+    red = [i for i, c in enumerate(CAPTIONS) if "red" in c]
+    assert kept.captions == [CAPTIONS[i] for i in red] and torch.equal(kept.x0, pairs.x0[red])
+    assert torch.equal(kept.x1, pairs.x1[red])
+    assert kept.sampler == {**pairs.sampler, "judge": "red", "min_score": 1.0, "drawn": 6, "kept": len(red)}
+    assert len(keep_judged(pairs, scores, 0.5, "red").captions) == 6
+    with pytest.raises(InputError, match="scored no pair at least 2"):
+        keep_judged(pairs, scores, 2.0, "red")
+
+
+def test_reflow_pairs_and_filter_commands_with_a_judge(capsys, tmp_path):
+    from inference_helpers import make_model_folder
+    from janusflow.judges import register_judge
+
+    register_judge("test_red_only", lambda model, processor: RedJudge())
+    folder = make_model_folder(tmp_path / "model")
+    prompts = tmp_path / "captions.txt"
+    prompts.write_text("a red circle\na blue square\nthree red squares\n")
+    drawn_file = tmp_path / "all.safetensors"
+    assert main(["reflow-pairs", "--model", str(folder), "--prompts", str(prompts), "--out", str(drawn_file),
+                 "--steps", "2"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    code = main(["reflow-filter", str(drawn_file), "--model", str(folder), "--judge", "test_red_only",
+                 "--out", str(tmp_path / "kept.safetensors")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "kept 2 of 3 pairs" in err
+    kept = read_pairs(out.strip())
+    assert kept.captions == ["a red circle", "three red squares"] and kept.sampler["judge"] == "test_red_only"
+    assert torch.equal(kept.x0, read_pairs(drawn_file).x0[[0, 2]])
+    assert main(["reflow-pairs", "--model", str(folder), "--prompts", str(prompts), "--out",
+                 str(tmp_path / "direct.safetensors"), "--steps", "2", "--judge", "test_red_only"]) == 0
+    direct = read_pairs(capsys.readouterr().out.strip())
+    assert direct.captions == kept.captions and torch.equal(direct.x1, kept.x1)
+    assert main(["reflow-filter", str(drawn_file), "--model", str(folder), "--out", str(tmp_path / "x")]) == 1
+    assert "needs --judge" in capsys.readouterr().err
+    assert main(["reflow-filter", str(drawn_file), "--model", str(folder), "--judge", "nobody_registered",
+                 "--out", str(tmp_path / "x")]) == 1
+    assert "no judge named 'nobody_registered'" in capsys.readouterr().err
+    no_vae = make_model_folder(tmp_path / "novae", with_vae=False)
+    assert main(["reflow-filter", str(drawn_file), "--model", str(no_vae), "--judge", "test_red_only",
+                 "--out", str(tmp_path / "x")]) == 1
+    assert "has no vae/ folder" in capsys.readouterr().err
+
+
+def test_the_shapes_understanding_stream_is_a_config_source():
+    from janusflow.train.samples import ConversationSample
+    from janusflow.train.sources import open_source
+
+    source = open_source("und", ["python:janusflow.shapes.recipe.streams:understanding_stream"])
+    first, again = source.read(5), open_source("und", "python:janusflow.shapes.recipe.streams:understanding_stream").read(5)
+    assert isinstance(first, ConversationSample) and len(first.images) == 1
+    assert first.messages == again.messages and first.messages[0]["content"].startswith("<image_placeholder>")
+    assert source.read(6).messages != first.messages

@@ -54,6 +54,91 @@ class Pairs:
         return [ReflowSample(caption, latent=self.x1[i], noise=self.x0[i]) for i, caption in enumerate(self.captions)]
 
 
+def concat_pairs(parts: Sequence[Pairs]) -> Pairs:
+    """Several pair sets as one, in order (e.g. shards drawn in parallel processes); their samplers are
+    kept as ``{"parts": [...]}`` when they differ."""
+    if not parts:
+        raise InputError("no reflow pairs to join")
+    shapes = {tuple(p.x0.shape[1:]) for p in parts}
+    if len(shapes) > 1:
+        raise InputError(f"reflow pair files with different latent shapes cannot be joined: {sorted(shapes)}")
+    if len(parts) == 1:
+        return parts[0]
+    samplers = [p.sampler for p in parts]
+    sampler = samplers[0] if all(s == samplers[0] for s in samplers) else {"parts": samplers}
+    return Pairs([c for p in parts for c in p.captions], torch.cat([p.x0 for p in parts]),
+                 torch.cat([p.x1 for p in parts]), sampler)
+
+
+def pair_files(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """A pair file, a folder of them (its ``*.safetensors`` in name order), a glob, or a list of these."""
+    import glob
+
+    specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+    files: list[Path] = []
+    for item in specs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(path.glob("*.safetensors"))
+        elif path.is_file():
+            found = [path]
+        else:
+            found = [Path(f) for f in sorted(glob.glob(os.fspath(item)))]
+        if not found:
+            raise InputError(f"no reflow pair file at {item}")
+        files += found
+    return files
+
+
+def read_pair_files(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> Pairs:
+    """:func:`pair_files`' files read and joined (:func:`concat_pairs`)."""
+    return concat_pairs([read_pairs(path) for path in pair_files(spec)])
+
+
+def select_pairs(pairs: Pairs, keep: Sequence[bool] | torch.Tensor, **sampler_notes) -> Pairs:
+    """The pairs where ``keep`` is true; ``sampler_notes`` are added to the sampler record."""
+    keep = torch.as_tensor(keep, dtype=torch.bool)
+    if keep.shape != (len(pairs.captions),):
+        raise ValueError(f"keep has shape {tuple(keep.shape)}, expected ({len(pairs.captions)},)")
+    index = keep.nonzero().flatten()
+    return Pairs([pairs.captions[i] for i in index.tolist()], pairs.x0[index], pairs.x1[index],
+                 {**pairs.sampler, **sampler_notes})
+
+
+@torch.inference_mode()
+def judge_pairs(pairs: Pairs, judge, vae, batch_size: int = 64,
+                progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """(M,) the judge's score of each pair's image (x1 decoded by ``vae``). ``judge(prompt, images)``
+    -> one score an image, as for best-of-N (:mod:`janusflow.best_of`, :mod:`janusflow.judges`); the
+    pairs of one caption are judged together, ``batch_size`` images at a time."""
+    from ..vae import decode, to_pil
+
+    by_caption: dict[str, list[int]] = {}
+    for i, caption in enumerate(pairs.captions):
+        by_caption.setdefault(caption, []).append(i)
+    scores = torch.empty(len(pairs.captions))
+    done = 0
+    for caption, rows in by_caption.items():
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            images = to_pil(decode(vae, pairs.x1[chunk]))
+            scores[chunk] = torch.tensor([float(s) for s in judge(caption, images)])
+            done += len(chunk)
+            if progress is not None:
+                progress(done, len(pairs.captions))
+    return scores
+
+
+def keep_judged(pairs: Pairs, scores: torch.Tensor, min_score: float, judge_name: str) -> Pairs:
+    """The pairs whose image the judge scored at least ``min_score`` (reflow then straightens the paths
+    to the images the judge accepts only); the sampler record says which judge kept how many of how many."""
+    keep = scores >= min_score
+    if not keep.any():
+        raise InputError(f"the judge {judge_name!r} scored no pair at least {min_score}: nothing to keep")
+    return select_pairs(pairs, keep, judge=judge_name, min_score=min_score, drawn=len(pairs.captions),
+                        kept=int(keep.sum()))
+
+
 def write_pairs(path: str | os.PathLike, pairs: Pairs) -> Path:
     """One safetensors shard (written to a temporary file, then renamed)."""
     from safetensors.torch import save_file
@@ -150,10 +235,10 @@ class ReflowTask(JanusFlowTask):
     with the pair's x0 and x1. Understanding and text rows, if the stage's ratio asks for them, come
     from ``config.data`` as usual."""
 
-    def __init__(self, config, pairs: Pairs | str | os.PathLike, **kwargs):
+    def __init__(self, config, pairs: Pairs | str | os.PathLike | Sequence[str | os.PathLike], **kwargs):
         if config.losses.repa_weight > 0:
             raise ConfigError("reflow pairs carry no images for REPA's target: set losses.repa_weight=0")
-        self.pairs = pairs if isinstance(pairs, Pairs) else read_pairs(pairs)
+        self.pairs = pairs if isinstance(pairs, Pairs) else read_pair_files(pairs)
         sources = {**kwargs.pop("sources", {}), "gen": self.pairs.samples()}
         if config.vae.path is None and not config.vae.tiny_random:
             kwargs.setdefault("latent_encoder", PairLatents(self.pairs.x0.shape[1]))

@@ -102,3 +102,16 @@ def shapes_sources(seed: int, settings: TrainingSettings) -> dict[str, Any]:
                                            sample_rng(seed, "negative", i)),
         "text": lambda i: text_sample(sample_rng(seed, "text", i)),
     }
+
+
+CONFIG_SEED = 0x5EED  # the stream seed of the config factories below (not the recipe's stage seeds)
+
+
+def understanding_stream():
+    """``data.und: ["python:janusflow.shapes.recipe.streams:understanding_stream"]`` in any trainer
+    config: the shapes world's questions (the recipe's default forms and turns) as an endless source,
+    e.g. to keep the embedded model's understanding trained while another task fine-tunes it
+    (configs/reflow.yaml)."""
+    from .unified import TrainingSettings
+
+    return shapes_sources(CONFIG_SEED, TrainingSettings())["und"]
