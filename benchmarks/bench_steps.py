@@ -30,7 +30,7 @@ from janusflow.pipeline import JanusFlowPipeline, default_model_dir  # noqa: E40
 from janusflow.shapes.evaluate import geneval_metadata, score_geneval_folder  # noqa: E402
 from janusflow.shapes.world import CATEGORIES  # noqa: E402
 
-# (name, solver, steps, guidance interval)
+# (name, solver, steps, guidance interval[, guidance scale: 2 unless given])
 CONFIGS = [
     ("euler-30", "euler", 30, None),
     ("euler-8", "euler", 8, None),
@@ -47,6 +47,14 @@ CONFIGS = [
     ("midpoint-3, interval 0-0.3", "midpoint", 3, (0.0, 0.3)),
     ("euler-5, interval 0-0.4", "euler", 5, (0.0, 0.4)),
     ("euler-6, interval 0-0.2", "euler", 6, (0.0, 0.2)),
+    # unguided (one row a step, half an evaluation): for a reflowed model, which learnt the guided map
+    ("euler-1, guidance 1", "euler", 1, None, 1.0),
+    ("euler-2, guidance 1", "euler", 2, None, 1.0),
+    ("euler-4, guidance 1", "euler", 4, None, 1.0),
+    ("euler-8, guidance 1", "euler", 8, None, 1.0),
+    ("euler-30, guidance 1", "euler", 30, None, 1.0),
+    ("midpoint-2, guidance 1", "midpoint", 2, None, 1.0),
+    ("midpoint-4, guidance 1", "midpoint", 4, None, 1.0),
 ]
 
 
@@ -80,19 +88,20 @@ def main(argv=None) -> int:
     write_jsonl(metadata, geneval_metadata(args.prompts_per_category, args.seed))
     chosen = [c for c in CONFIGS if args.configs is None or c[0] in args.configs.split(";")]
     results = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
-    for name, solver, steps, interval in chosen:
+    for name, solver, steps, interval, *scale in chosen:
+        guidance = scale[0] if scale else 2.0
         if name in results:
             continue
         counter.rows = 0
         folder = out / name.replace(" ", "").replace(",", "_")
         start = time.process_time()
         generate_geneval(pipe, metadata, folder, num_images=1, seed=args.seed, show_progress=False,
-                         num_inference_steps=steps, guidance_scale=2.0, solver=solver, candidates=1,
+                         num_inference_steps=steps, guidance_scale=guidance, solver=solver, candidates=1,
                          guidance_interval=interval)
         cpu = time.process_time() - start
         scores = score_geneval_folder(folder)
         images = scores["n_images"]
-        results[name] = {"solver": solver, "steps": steps, "guidance_interval": interval,
+        results[name] = {"solver": solver, "steps": steps, "guidance_scale": guidance, "guidance_interval": interval,
                          "evaluations": counter.rows / (2 * images), "cpu_seconds_per_image": cpu / images,
                          "scores": scores}
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

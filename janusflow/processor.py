@@ -279,14 +279,16 @@ class JanusFlowProcessor(ProcessorMixin):
     # -- understanding ------------------------------------------------------------------------------------
 
     def encode_conversation(
-        self, conversation: Sequence[Message], images: Sequence[ImageInput] | None = None
+        self, conversation: Sequence[Message], images: Sequence[ImageInput] | None = None,
+        system_prompt: str | None = None,
     ) -> UnderstandingSample:
         """One conversation -> ids with each `<image_placeholder>` expanded to boi, N x image, eoi, and pixels.
 
         Images come from `images` or, when it is None, from each message's "images" list in order; their
-        number must equal the number of `<image_placeholder>` in the text.
+        number must equal the number of `<image_placeholder>` in the text. `system_prompt`: as for
+        `apply_sft_template` (None: the processor's own).
         """
-        sft_format = self.apply_sft_template(conversation)
+        sft_format = self.apply_sft_template(conversation, system_prompt)
         in_messages = []
         for i, message in enumerate(conversation):
             in_messages.extend(_image_list(message.get("images"), f"message {i} 'images'"))
@@ -345,8 +347,10 @@ class JanusFlowProcessor(ProcessorMixin):
         self,
         conversations: Sequence[Sequence[Message]],
         images: Sequence[Sequence[ImageInput] | None] | None = None,
+        system_prompt: str | None = None,
     ) -> UnderstandingBatch:
-        """Several conversations (each a list of messages) -> one left-padded `UnderstandingBatch`."""
+        """Several conversations (each a list of messages) -> one left-padded `UnderstandingBatch`, each
+        under `system_prompt` (None: the processor's own; "" none)."""
         if isinstance(conversations, (str, bytes)) or not isinstance(conversations, Sequence) or not conversations:
             raise InputError("conversations must be a non-empty list of conversations")
         if isinstance(conversations[0], dict):
@@ -354,7 +358,7 @@ class JanusFlowProcessor(ProcessorMixin):
         if images is not None and len(images) != len(conversations):
             raise InputError(f"{len(images)} image lists for {len(conversations)} conversations")
         per_row = images if images is not None else [None] * len(conversations)
-        return self.batchify([self.encode_conversation(c, im) for c, im in zip(conversations, per_row)])
+        return self.batchify([self.encode_conversation(c, im, system_prompt) for c, im in zip(conversations, per_row)])
 
     # -- generation ---------------------------------------------------------------------------------------
 

@@ -190,11 +190,12 @@ class JanusFlowChat:
 
     def generate(self, conversations: Sequence[Sequence[Message]], config: DecodingConfig | None = None,
                  generator: torch.Generator | int | None = None, streamer=None, record_logits: bool = False,
-                 **overrides) -> DecodeResult:
-        """Decode the Assistant's next turn of each conversation (messages ending with a User turn)."""
+                 system_prompt: str | None = None, **overrides) -> DecodeResult:
+        """Decode the Assistant's next turn of each conversation (messages ending with a User turn) under
+        ``system_prompt`` (None: the processor's own; "" none)."""
         config = dataclasses.replace(config, **overrides) if config else DecodingConfig(**overrides)
         prompts = [[*c, {"role": "Assistant", "content": ""}] for c in conversations]
-        batch = self.processor.build_understanding_batch(prompts)
+        batch = self.processor.build_understanding_batch(prompts, system_prompt=system_prompt)
         if isinstance(generator, int) and not isinstance(generator, bool):
             generator = torch.Generator(device=self.model.device).manual_seed(generator)
         return decode(self.model, batch, config, self.processor.eos_id, self.processor.pad_id, generator, streamer,

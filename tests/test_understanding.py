@@ -250,3 +250,22 @@ def test_generate_equals_the_replaced_loop_on_the_embedded_model():
     assert decode(model, batch_of(chat, convs), cfg, processor.eos_id, processor.pad_id).tokens == old
     assert [chat.generate([c], max_new_tokens=16).tokens[0] for c in convs] == old
     assert any(len(t) > 1 for t in old)  # real answers, not an immediate end
+
+
+def test_a_system_prompt_per_call_equals_the_processors_own(chat):
+    """``system_prompt=`` renders as a processor whose own system prompt it is, and leaves the processor as it was."""
+    import copy
+
+    convs = conversations()[:2]
+    default = chat.processor.system_prompt
+    for system in ("Answer in one word.", ""):
+        other = copy.copy(chat.processor)
+        other.system_prompt = system
+        prompts = [[*c, {"role": "Assistant", "content": ""}] for c in convs]
+        assert torch.equal(chat.processor.build_understanding_batch(prompts, system_prompt=system).input_ids,
+                           other.build_understanding_batch(prompts).input_ids)
+        got = chat.generate(convs, DecodingConfig(max_new_tokens=4), system_prompt=system)
+        assert got.tokens == JanusFlowChat(chat.model, other).generate(convs, DecodingConfig(max_new_tokens=4)).tokens
+    assert chat.processor.system_prompt == default
+    assert not torch.equal(chat.processor.build_understanding_batch(prompts, system_prompt="x").input_ids,
+                           chat.processor.build_understanding_batch(prompts).input_ids)

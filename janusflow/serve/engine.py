@@ -11,7 +11,6 @@ this to enforce its per-request timeout.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -90,7 +89,6 @@ class ModelEngine:
     def __init__(self, pipe, chat, model_id: str = "janusflow"):
         self.pipe, self.chat, self.model_id = pipe, chat, model_id
         self.processor = pipe.processor
-        self._prompt_lock = threading.Lock()  # decode_turn swaps the processor's system prompt
         pipe.set_progress_bar_config(disable=True)  # the server reports progress its own way
 
     @classmethod
@@ -141,8 +139,8 @@ class ModelEngine:
 
     def decode_turn(self, conversation: Sequence[dict], system_prompt: str | None, config,
                     generator=None, streamer=None) -> DecodedTurn:
-        with self._prompt_lock, system_prompt_of(self.processor, system_prompt):
-            result = self.chat.generate([list(conversation)], config, generator=generator, streamer=streamer)
+        result = self.chat.generate([list(conversation)], config, generator=generator, streamer=streamer,
+                                    system_prompt=system_prompt)
         return DecodedTurn(int(result.prompt_length), list(result.tokens[0]), bool(result.stopped_at_eos[0]))
 
     def detokenize(self, ids: Sequence[int]) -> str:
@@ -152,20 +150,6 @@ class ModelEngine:
         import torch
 
         return torch.Generator(device=self.pipe.device).manual_seed(seed)
-
-
-@contextlib.contextmanager
-def system_prompt_of(processor, system_prompt: str | None):
-    """The processor renders conversations under ``system_prompt`` inside the block (None: its own)."""
-    if system_prompt is None:
-        yield
-        return
-    default = processor.system_prompt
-    processor.system_prompt = system_prompt
-    try:
-        yield
-    finally:
-        processor.system_prompt = default
 
 
 def text_streamer(engine, timeout: float | None = None):
