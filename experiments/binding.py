@@ -57,7 +57,7 @@ def swap_gaps(pipe, scenes: int = 64, times: Sequence[float] = TIMES, seed: int 
     prompts of the tag (only what the prompt names, so the twin is false of every image)."""
     from janusflow.flow import interpolate
     from janusflow.sampler import VelocityField
-    from janusflow.train.latents import VAELatentEncoder
+    from janusflow.latent_encoder import VAELatentEncoder
     from janusflow.train.losses import flow_errors
     from janusflow.shapes.recipe.data import to_pixels
 

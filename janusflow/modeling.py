@@ -103,7 +103,7 @@ class JanusFlowForConditionalGeneration(JanusFlowPreTrainedModel, GenerationMixi
         # the LLM
         self.language_model = LlamaForCausalLM(config.language.to_llama())
         # und_vision.encoder "generation" (shared): the VAE reading images for understanding, an object
-        # with ``encode(pixels) -> scaled latents`` (janusflow.train.latents.VAELatentEncoder), kept out of
+        # with ``encode(pixels) -> scaled latents`` (janusflow.latent_encoder.VAELatentEncoder), kept out of
         # the weights (it is the folder's vae/); from_pretrained and the training task set it
         self.latent_encoder = None
         self.post_init()
@@ -353,7 +353,7 @@ class JanusFlowForConditionalGeneration(JanusFlowPreTrainedModel, GenerationMixi
         if adapter_path is not None:  # AutoModel was given a peft adapter folder: its base, then the adapter
             model.load_adapter(os.fspath(adapter_path))
         if config.und_vision.encoder == "generation" and (folder / "vae" / "config.json").is_file():
-            from .train.latents import VAELatentEncoder
+            from .latent_encoder import VAELatentEncoder
 
             model.latent_encoder = VAELatentEncoder.from_folder(folder / "vae", config.gen_vision.latent_size)
             model.latent_encoder.to(device)

@@ -18,7 +18,7 @@ from janusflow.errors import ConfigError, InputError
 from janusflow.modeling import JanusFlowModel
 from janusflow.shapes.recipe.config import REPO_CONFIGS
 from janusflow.shapes.recipe.curves import draw_curves, mean_curve
-from janusflow.train.latents import VAELatentEncoder
+from janusflow.latent_encoder import VAELatentEncoder
 
 SMOKE = REPO_CONFIGS / "shapes-smoke.yaml"
 ABLATIONS = REPO_CONFIGS.parent / "ablations"

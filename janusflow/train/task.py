@@ -60,7 +60,8 @@ def build_model(config: TrainConfig) -> tuple[JanusFlowModel, JanusFlowProcessor
 
 
 def build_latent_encoder(config: TrainConfig, model: JanusFlowModel):
-    from .latents import VAELatentEncoder, tiny_vae
+    from ..latent_encoder import VAELatentEncoder
+    from .latents import tiny_vae
 
     gen = model.config.gen_vision
     if config.vae.path is not None:

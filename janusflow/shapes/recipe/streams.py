@@ -111,7 +111,5 @@ def understanding_stream():
     """``data.und: ["python:janusflow.shapes.recipe.streams:understanding_stream"]`` in any trainer
     config: the shapes world's questions (the recipe's default forms and turns) as an endless source,
     e.g. to keep the embedded model's understanding trained while another task fine-tunes it
-    (configs/reflow.yaml)."""
-    from .unified import TrainingSettings
-
-    return shapes_sources(CONFIG_SEED, TrainingSettings())["und"]
+    (configs/reflow.yaml). The recipe's defaults: 1..3 questions a scene, every form equally often."""
+    return lambda i: understanding_sample(sample_rng(CONFIG_SEED, "und", i))
