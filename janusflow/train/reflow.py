@@ -7,6 +7,9 @@
        x1       (M, C, H, W) float32    the latent the ODE reached, t = 1
        metadata {"format": "janusflow-reflow-pairs", "captions": JSON list of M strings,
                  "sampler": JSON of the sampler settings}
+   Optionally judged (:func:`judge_pairs`, :func:`keep_judged`): x1 decoded and scored by a best-of-N
+   judge, only the pairs it accepts kept, so the straightened paths lead to images the judge accepts.
+   Shards drawn in parallel are joined by :func:`read_pair_files` (a folder, a glob or a list).
 2. Training: the rectified-flow loss on the pairs, the pair's x0 in place of fresh noise:
        x_t = t x1 + (1 - t) x0,   loss = E_t || v_theta(x_t, t | c) - (x1 - x0) ||^2
    (``JanusFlowTask``'s generation rows with ``x0`` and the cached latent taken from the pair:
