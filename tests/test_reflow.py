@@ -4,6 +4,8 @@ pairs lowering their flow loss and straightening the model's own ODE paths from 
 
 from __future__ import annotations
 
+import json
+
 import torch
 import pytest
 
@@ -137,6 +139,7 @@ def test_reflow_pairs_command(capsys, tmp_path):
     from inference_helpers import make_model_folder
 
     folder = make_model_folder(tmp_path / "model", with_vae=False)
+    (folder / "image_generation_config.json").write_text('{"candidates": 3, "judge": "shapes"}')
     prompts = tmp_path / "captions.txt"
     prompts.write_text("a red circle\n\na blue square\n")
     code = main(["reflow-pairs", "--model", str(folder), "--prompts", str(prompts), "--out",
@@ -150,6 +153,9 @@ def test_reflow_pairs_command(capsys, tmp_path):
                       "ratio: {gen: 1}}\nlosses: {repa_weight: 0, prompt_dropout: 0}\ntrainer: {progress: false}\n")
     assert main(["reflow-train", out.strip(), str(config)]) == 0, capsys.readouterr().err
     assert (tmp_path / "run" / "export" / "model.safetensors").is_file()
+    # the fine-tune keeps its base folder's best-of-N defaults
+    assert json.loads((tmp_path / "run" / "export" / "image_generation_config.json").read_text()) == \
+        {"candidates": 3, "judge": "shapes"}
     assert main(["reflow-train", out.strip(), str(config), "losses.repa_weight=1"]) == 1
     assert "repa_weight=0" in capsys.readouterr().err
     assert main(["reflow-pairs", "--model", str(folder), "--prompts", str(tmp_path / "none.txt"), "--out",

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .. import image_generation_config
 from ..config import JanusFlowConfig
 from ..errors import ConfigError, InputError
 from ..modeling import JanusFlowModel
@@ -255,13 +256,17 @@ class JanusFlowTask:
 
     def export(self, directory: Path, model: JanusFlowModel | None = None) -> None:
         """``save_pretrained`` of the model (LoRA merged, and the adapter alone in peft's format in
-        ``adapter/``), its processor and its VAE (``vae/``)."""
+        ``adapter/``), its processor, its VAE (``vae/``) and the base folder's
+        ``image_generation_config.json`` (its best-of-N defaults), if it has one."""
         model = self.model if model is None else model
         if lora_utils.has_lora(model):
             lora_utils.save_adapter(model, Path(directory) / lora_utils.ADAPTER_SUBFOLDER, self.config.model.path)
             model = lora_utils.merged_copy(model)
         model.save_pretrained(directory)
         self.processor.save_pretrained(directory)
+        base = self.config.model.path  # a fine-tune keeps its base folder's image generation defaults
+        if base is not None and (Path(base) / image_generation_config.FILENAME).is_file():
+            image_generation_config.ImageGenerationConfig.from_folder(base).save(directory)
         if self.latent_encoder is not None and hasattr(self.latent_encoder, "save_pretrained"):
             self.latent_encoder.save_pretrained(Path(directory) / "vae")
 
